@@ -1,0 +1,315 @@
+"""The INI access file: users and their password hashes, groups, per-repository rights.
+
+``parse_access_file`` is pure (text -> ``Policy`` or ``AccessFileError`` naming
+the line). ``AccessFile`` is the live object the gate consults: it re-reads the
+file when it changes, keeps the last good policy when an edit does not parse,
+and verifies passwords off the event loop in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+from passlib.context import CryptContext
+
+from .services import READ, WRITE
+from .session import AccessRequest, BadCredentials, Grant
+
+__all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile",
+           "PASSWORD_CONTEXT", "hash_password"]
+
+app_log = logging.getLogger("gittornado.application")
+
+#: Every hash format an access file may hold. The first is what
+#: ``gittornado-passwd`` writes; the deprecated ones verify but are flagged.
+PASSWORD_CONTEXT = CryptContext(
+    schemes=[
+        "bcrypt", "argon2", "sha512_crypt", "sha256_crypt", "apr_md5_crypt", "md5_crypt",
+        "ldap_salted_sha512", "ldap_salted_sha256", "ldap_salted_sha1", "ldap_sha1",
+        "hex_sha1",
+    ],
+    default="bcrypt",
+    deprecated=["apr_md5_crypt", "md5_crypt", "ldap_salted_sha1", "ldap_sha1", "hex_sha1"],
+    bcrypt__rounds=12,
+)
+
+_LEGACY_SHA1 = re.compile(r"[0-9a-fA-F]{40}\Z")
+_PERMS = {"r": (True, False), "rw": (True, True), "w": (True, True), "none": (False, False),
+          "-": (False, False)}
+_NAME = re.compile(r"[^\s=:,;#\[\]@*][^\s=:,;#\[\]]*\Z")
+_PATTERN = re.compile(r"[^\s=,;#]+\Z")
+
+
+def hash_password(password: str, scheme: str = "bcrypt") -> str:
+    return PASSWORD_CONTEXT.handler(scheme).hash(password)
+
+
+class AccessFileError(ValueError):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Rule:
+    subject: str      #: user name, ``@group`` or ``*``
+    pattern: str      #: repository glob, no ``.git``
+    read: bool
+    write: bool
+    line: int
+    regex: re.Pattern = field(compare=False, repr=False)
+
+    def describe(self) -> str:
+        perm = "rw" if self.write else "r" if self.read else "none"
+        return f"line {self.line}: {self.subject} = {self.pattern}={perm}"
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """``*`` within one path segment, ``**`` across segments."""
+    out = []
+    for part in re.split(r"(\*\*|\*)", pattern):
+        out.append(".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part))
+    return re.compile("".join(out) + r"\Z")
+
+
+@dataclass
+class Policy:
+    users: dict[str, str] = field(default_factory=dict)         #: name -> hash
+    user_lines: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, set[str]] = field(default_factory=dict)   #: group -> members
+    rules: list[Rule] = field(default_factory=list)
+
+    def subjects(self, user: str | None) -> set[str]:
+        found = {"*"}
+        if user is not None:
+            found.add(user)
+            found.update("@" + g for g, members in self.groups.items() if user in members)
+        return found
+
+    def matching_rules(self, user: str | None, repo: str) -> list[Rule]:
+        subjects = self.subjects(user)
+        return [r for r in self.rules if r.subject in subjects and r.regex.match(repo)]
+
+    def rights(self, user: str | None, repo: str) -> tuple[bool, bool, Rule | None]:
+        """(read, write, the rule that grants the most); the most permissive rule wins."""
+        best: Rule | None = None
+        for rule in self.matching_rules(user, repo):
+            if best is None or (rule.read, rule.write) > (best.read, best.write):
+                best = rule
+        if best is None:
+            return False, False, None
+        return best.read, best.write, best
+
+    def weak_users(self) -> list[str]:
+        return sorted(u for u, h in self.users.items() if PASSWORD_CONTEXT.needs_update(h))
+
+
+def _strip_comment(line: str) -> str:
+    stripped = line.strip()
+    if stripped.startswith((";", "#")):
+        return ""
+    # Inline comments need whitespace before them: hashes never contain it.
+    return re.split(r"\s[;#]", stripped, maxsplit=1)[0].strip()
+
+
+def _split_key(text: str, lineno: int) -> tuple[str, str]:
+    m = re.match(r"([^=:]+?)\s*[=:]\s*(.*)\Z", text)
+    if not m:
+        raise AccessFileError(lineno, f"expected 'key = value', got {text!r}")
+    return m.group(1).strip(), m.group(2).strip()
+
+
+def parse_access_file(text: str) -> Policy:
+    """Parse the INI access file (SPEC "Access file"); raise ``AccessFileError`` naming the line."""
+    policy = Policy()
+    section = None
+    pending_groups: list[tuple[str, list[str], int]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = _strip_comment(raw)
+        if not line:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise AccessFileError(lineno, f"malformed section header {line!r}")
+            section = line[1:-1].strip().lower()
+            if section not in ("users", "groups", "access"):
+                raise AccessFileError(lineno, f"unknown section [{section}]")
+            continue
+        if section is None:
+            raise AccessFileError(lineno, "entry outside any section")
+        key, value = _split_key(line, lineno)
+        if section == "users":
+            if not _NAME.match(key):
+                raise AccessFileError(lineno, f"invalid user name {key!r}")
+            if key in policy.users:
+                raise AccessFileError(lineno, f"user {key!r} defined twice")
+            if not _LEGACY_SHA1.match(value) and PASSWORD_CONTEXT.identify(value, required=False) is None:
+                raise AccessFileError(lineno, f"the password of {key!r} is not a recognised hash "
+                                              "(use gittornado-passwd)")
+            policy.users[key] = value.lower() if _LEGACY_SHA1.match(value) else value
+            policy.user_lines[key] = lineno
+        elif section == "groups":
+            if not _NAME.match(key):
+                raise AccessFileError(lineno, f"invalid group name {key!r}")
+            members = [m.strip() for m in value.split(",") if m.strip()]
+            pending_groups.append((key, members, lineno))
+        else:
+            if not (key == "*" or _NAME.match(key.removeprefix("@"))):
+                raise AccessFileError(lineno, f"invalid subject {key!r}")
+            for entry in value.split(","):
+                entry = entry.strip()
+                if not entry:
+                    continue
+                pattern, sep, perm = entry.rpartition("=")
+                pattern = pattern.strip().strip("/")
+                perm = perm.strip().lower()
+                if not sep or not pattern or perm not in _PERMS or not _PATTERN.match(pattern):
+                    raise AccessFileError(lineno, f"malformed rule {entry!r} (want repo=r or repo=rw)")
+                if pattern.endswith(".git"):
+                    pattern = pattern[:-4]
+                read, write = _PERMS[perm]
+                policy.rules.append(Rule(key, pattern, read, write, lineno, _glob_regex(pattern)))
+    for name, members, lineno in pending_groups:
+        policy.groups.setdefault(name, set()).update(members)
+    for rule in policy.rules:
+        if rule.subject.startswith("@") and rule.subject[1:] not in policy.groups:
+            raise AccessFileError(rule.line, f"unknown group {rule.subject!r}")
+    return policy
+
+
+class AccessFile:
+    """A live access file: the access object the gate uses with ``--accessfile``.
+
+    Re-reads the file at most once per ``check_interval`` seconds when its
+    stat changes. Successful logins are remembered for ``cache_ttl`` seconds,
+    keyed by a keyed hash of the pair, because git sends the same credentials
+    on every request of one clone and bcrypt is deliberately slow.
+    """
+
+    def __init__(self, path: str, *, check_interval: float = 1.0, cache_ttl: float = 60.0,
+                 executor: concurrent.futures.Executor | None = None) -> None:
+        self.path = path
+        self.check_interval = check_interval
+        self.cache_ttl = cache_ttl
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="gittornado-passwords")
+        self._lock = threading.Lock()
+        self._stat: tuple | None = None
+        self._next_check = 0.0
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[bytes, float] = {}
+        self.policy = Policy()
+        self._dummy_hash = PASSWORD_CONTEXT.hash(secrets.token_hex(16))
+        if not self.reload(force=True):
+            raise AccessFileError(0, f"cannot use access file {path}")
+
+    # -- loading -------------------------------------------------------------------
+    def _read_stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the file if it changed; True when the policy in force is current."""
+        with self._lock:
+            stat = self._read_stat()
+            if not force and stat == self._stat:
+                return True
+            self._stat = stat
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    text = fh.read()
+                policy = parse_access_file(text)
+            except (OSError, UnicodeDecodeError) as exc:
+                app_log.error("access file %s not loaded (keeping the previous one): %s",
+                              self.path, exc)
+                return False
+            except AccessFileError as exc:
+                app_log.error("access file %s refused (keeping the previous one): %s",
+                              self.path, exc)
+                return False
+            self.policy = policy
+            self._verified.clear()
+            if policy.users:
+                # Unknown users are checked against a hash of the same kind and
+                # cost as a real one, so timing does not tell who exists.
+                self._dummy_hash = next(iter(policy.users.values()))
+            for user in policy.weak_users():
+                app_log.warning("access file %s: user %r has a legacy or weak password hash; "
+                                "replace it with: gittornado-passwd %s %s",
+                                self.path, user, self.path, user)
+            app_log.info("access file %s loaded: %d users, %d groups, %d rules", self.path,
+                         len(policy.users), len(policy.groups), len(policy.rules))
+            return True
+
+    def maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.check_interval
+            self.reload()
+
+    # -- passwords -----------------------------------------------------------------
+    def verify_password(self, username: str, password: str) -> bool:
+        """Constant-time check; costs one hash verification whether or not the user exists."""
+        policy = self.policy
+        stored = policy.users.get(username)
+        candidate = stored if stored is not None else self._dummy_hash
+        try:
+            ok = PASSWORD_CONTEXT.verify(password, candidate)
+        except (ValueError, TypeError):
+            ok = False
+        return ok and stored is not None
+
+    def _cache_token(self, username: str, password: str) -> bytes:
+        return hmac.new(self._cache_key, username.encode() + b"\0" + password.encode(),
+                        hashlib.sha256).digest()
+
+    async def authenticate(self, username: str, password: str) -> bool:
+        self.maybe_reload()
+        token = self._cache_token(username, password)
+        now = time.monotonic()
+        expiry = self._verified.get(token)
+        if expiry is not None and expiry > now and username in self.policy.users:
+            return True
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._executor, self.verify_password, username, password)
+        if ok:
+            if len(self._verified) > 10_000:
+                self._verified = {t: e for t, e in self._verified.items() if e > now}
+            self._verified[token] = now + self.cache_ttl
+        return ok
+
+    # -- the access protocol -------------------------------------------------------
+    async def check(self, request: AccessRequest) -> Grant:
+        self.maybe_reload()
+        user = request.user
+        if user is None and request.credentials is not None:
+            creds = request.credentials
+            if not await self.authenticate(creds.username, creds.password):
+                raise BadCredentials(creds.username)
+            user = creds.username
+        read, write, rule = self.policy.rights(user, request.repo)
+        return Grant(user=user, read=read, write=write,
+                     rule=rule.describe() if rule else None)
+
+    def explain(self, user: str | None, repo: str) -> tuple[bool, bool, list[Rule]]:
+        """(read, write, every matching rule) for ``gittornado check-access``."""
+        self.maybe_reload()
+        read, write, _ = self.policy.rights(user, repo)
+        return read, write, self.policy.matching_rules(user, repo)
+
+
+def operation_allowed(read: bool, write: bool, operation: str) -> bool:
+    return write if operation == WRITE else read if operation == READ else False

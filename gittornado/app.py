@@ -1,0 +1,109 @@
+"""Composition root: options -> the route table -> a Tornado ``Application``.
+
+The CLI, ``server.py`` and the tests all build their app here, so option
+combinations are validated once, with clear errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import tornado.web
+
+from .access import AccessFile
+from .dumbhttp import FileHandler
+from .fallback import FallbackHandler, IndexApp
+from .repos import RepositoryLookup
+from .session import Gate, Throttle
+from .smarthttp import InfoRefsHandler, RPCHandler
+
+__all__ = ["routes", "make_app"]
+
+access_log = logging.getLogger("gittornado.access")
+
+# Route patterns (Tornado appends "$"; \Z also refuses a trailing newline).
+# The repository part is matched loosely here and checked strictly by the
+# gate (normalize_name + realpath containment): routing is not a security check.
+_INFO_REFS = r"/(?P<repo>.+)/info/refs\Z"
+_RPC = r"/(?P<repo>.+)/(?P<service>git-[a-z-]+)\Z"
+_FILES = r"/(?P<repo>.+?)/(?P<path>HEAD|objects/(?:info/[a-z-]+|[0-9a-f]{2}/[0-9a-f]+|pack/pack-[0-9a-f]+\.(?:pack|idx)))\Z"
+
+
+def _validate_prefix(prefix: str) -> str:
+    prefix = prefix or ""
+    if prefix and (not prefix.startswith("/") or "//" in prefix or re.search(r"[?#%\s]", prefix)):
+        raise ValueError(f"prefix must be a plain absolute path like /git, not {prefix!r}")
+    return prefix.rstrip("/")
+
+
+def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> list:
+    """The URL table for the git handlers under ``prefix``, plus a catch-all fallback.
+
+    ``handler_kwargs`` go to every git handler's ``initialize`` (``access``,
+    ``lookup``, ``gitbase``, ``realm``, ...; see ``GitHandler``). ``fallback``
+    is a WSGI app (or a Tornado app) for every other URL; None adds no catch-all.
+    """
+    p = re.escape(_validate_prefix(prefix))
+    table = [
+        tornado.web.url(p + _INFO_REFS, InfoRefsHandler, handler_kwargs, name="info_refs"),
+        tornado.web.url(p + _RPC, RPCHandler, handler_kwargs, name="rpc"),
+        tornado.web.url(p + _FILES, FileHandler, handler_kwargs, name="files"),
+    ]
+    if fallback is not None:
+        table.append(tornado.web.url(r".*", FallbackHandler, {"fallback": fallback}))
+    return table
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    session = getattr(handler, "session", None)
+    user = getattr(session, "user", None) or "-"
+    req = handler.request
+    log("%s %s %s %d %.1fms user=%s", req.remote_ip, req.method, req.uri, status,
+        1000.0 * req.request_time(), user)
+
+
+def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any = None,
+             lookup: Any = None, realm: str = "gittornado", prefix: str = "",
+             fallback: Any = None, index: bool = True, throttle: Throttle | bool | None = True,
+             git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
+             receive_pack_limit: int | None = None, **settings: Any) -> tornado.web.Application:
+    """Build the gittornado ``Application``.
+
+    :arg gitbase: directory holding the repositories (default lookup's root).
+    :arg accessfile: INI access file path; exclusive with ``access``.
+    :arg access: an access object or callable (see ``gittornado.session``).
+    :arg lookup: a repository lookup object or callable.
+    :arg prefix: mount point when a proxy forwards ``/prefix/...`` unchanged.
+    :arg fallback: WSGI app for non-git URLs; default the built-in index page
+        (``index=False`` for none: plain 404s).
+    :arg throttle: brute-force protection: True (10 failures/minute/address),
+        a ``Throttle``, or False/None.
+    :arg settings: passed to ``tornado.web.Application``.
+    """
+    if accessfile and access is not None:
+        raise ValueError("give either accessfile or access, not both")
+    if upload_pack_limit is not None and upload_pack_limit <= 0:
+        raise ValueError("upload_pack_limit must be positive")
+    if receive_pack_limit is not None and receive_pack_limit <= 0:
+        raise ValueError("receive_pack_limit must be positive or None")
+    prefix = _validate_prefix(prefix)
+    if accessfile:
+        access = AccessFile(accessfile)
+    repo_lookup = lookup if lookup is not None else RepositoryLookup(gitbase)
+    if throttle is True:
+        throttle = Throttle()
+    gate = Gate(access, repo_lookup, throttle=throttle or None)
+    if fallback is None and index:
+        if not hasattr(repo_lookup, "names"):
+            raise ValueError("the index page needs a lookup with names(); pass index=False")
+        fallback = IndexApp(gate, repo_lookup.names, prefix=prefix, realm=realm)
+    table = routes(prefix, fallback=fallback, gate=gate, realm=realm, git=git,
+                   upload_pack_limit=upload_pack_limit, receive_pack_limit=receive_pack_limit)
+    settings.setdefault("log_function", _log_request)
+    app = tornado.web.Application(table, **settings)
+    app.gate = gate  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,246 @@
+"""The one place git is spawned: argv/env built by pure functions, bytes pumped async.
+
+Every transport runs git through ``GitProcess``: it writes with backpressure
+(each write is awaited until the pipe took it), reads in bounded chunks, logs
+git's stderr (never sends it to the client) and always kills and reaps the
+child, whatever happened to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from tornado.iostream import StreamClosedError
+from tornado.process import Subprocess
+
+from .services import Service
+
+__all__ = ["GitProcess", "git_argv", "git_env", "GIT_OPTIONS", "CHUNK_SIZE"]
+
+app_log = logging.getLogger("gittornado.application")
+audit_log = logging.getLogger("gittornado.audit")
+
+#: Bytes read from git per chunk; also the most one response write holds.
+CHUNK_SIZE = 64 * 1024
+
+#: Features on by default without touching the repository's own config:
+#: partial clone (filter, plus reachable-object wants for the lazy blob fetches
+#: of a partial clone over v0/v1) and push options reaching hooks.
+GIT_OPTIONS = (
+    "uploadpack.allowFilter=true",
+    "uploadpack.allowReachableSHA1InWant=true",
+    "receive.advertisePushOptions=true",
+)
+
+#: Environment a server's git must not inherit from whoever started the server:
+#: they would point git at another repository or change what it writes.
+_SCRUBBED_ENV = (
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PROTOCOL",
+    "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_QUARANTINE_PATH",
+)
+
+
+def git_argv(service: Service, repo_path: str, *, stateless: bool = True,
+             advertise: bool = False, git: str = "git",
+             options: tuple[str, ...] = GIT_OPTIONS) -> list[str]:
+    """The argv that serves ``service`` on ``repo_path``.
+
+    ``stateless`` is HTTP's ``--stateless-rpc`` (``gitprotocol-http``);
+    ``advertise`` adds ``--advertise-refs`` for the ``info/refs`` answer.
+    ``upload-archive`` takes neither.
+    """
+    argv = [git]
+    for opt in options:
+        argv += ["-c", opt]
+    argv.append(service.subcommand)
+    if service.subcommand != "upload-archive":
+        if stateless:
+            argv.append("--stateless-rpc")
+        if advertise:
+            argv.append("--advertise-refs")
+    argv.append(repo_path)
+    return argv
+
+
+def git_env(base: dict[str, str], *, user: str | None, repo: str, transport: str,
+            remote_addr: str, git_protocol: str | None = None,
+            extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment git and its hooks see (SPEC "Hooks see").
+
+    Like ``git http-backend``, the pusher becomes the committer identity of
+    reflog entries unless the server's environment already set one.
+    """
+    env = {k: v for k, v in base.items() if k not in _SCRUBBED_ENV}
+    name = user or ""
+    env.update(
+        REMOTE_USER=name,
+        GITTORNADO_USER=name,
+        GITTORNADO_REPO=repo,
+        GITTORNADO_TRANSPORT=transport,
+        REMOTE_ADDR=remote_addr or "",
+    )
+    env.setdefault("GIT_COMMITTER_NAME", name or "anonymous")
+    env.setdefault("GIT_COMMITTER_EMAIL", f"{name or 'anonymous'}@{transport}.{remote_addr or 'unknown'}")
+    if git_protocol:
+        env["GIT_PROTOCOL"] = git_protocol
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class Operation:
+    """What the audit line reports about one git run."""
+
+    user: str | None
+    remote_addr: str
+    repo: str
+    service: str
+    protocol: int
+    transport: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class GitProcess:
+    """One running git service with async, backpressured pipes.
+
+    Use as ``proc = GitProcess(argv, env, cwd, op); await proc.write(...)``,
+    ``await proc.close_stdin()``, ``while (chunk := await proc.read()): ...``,
+    and always ``await proc.finish()`` (in ``finally``) to reap it.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, op: Operation) -> None:
+        self.op = op
+        self._proc = Subprocess(
+            argv, stdin=Subprocess.STREAM, stdout=Subprocess.STREAM,
+            stderr=Subprocess.STREAM, env=env, cwd=cwd, close_fds=True,
+            start_new_session=True,
+        )
+        self._stderr_task = asyncio.ensure_future(self._log_stderr())
+        self._exit: int | None = None
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def write(self, data: bytes) -> None:
+        """Hand ``data`` to git; returns once the pipe accepted it (backpressure).
+
+        Raises ``BrokenPipeError`` when git stopped reading (it exited).
+        """
+        if not data:
+            return
+        try:
+            await self._proc.stdin.write(data)
+        except StreamClosedError as exc:
+            raise BrokenPipeError("git closed its input") from exc
+        self.op.bytes_in += len(data)
+
+    def close_stdin(self) -> None:
+        if not self._proc.stdin.closed():
+            self._proc.stdin.close()
+
+    async def read(self, size: int = CHUNK_SIZE) -> bytes:
+        """The next chunk git wrote, or ``b""`` at end of output."""
+        try:
+            chunk = await self._proc.stdout.read_bytes(size, partial=True)
+        except StreamClosedError:
+            return b""
+        self.op.bytes_out += len(chunk)
+        return chunk
+
+    def kill(self) -> None:
+        """Stop git (and anything it started, e.g. pack-objects) at once."""
+        if self._exit is None and self._proc.proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    async def finish(self, *, kill: bool = False) -> int:
+        """Close the pipes, reap git, log the audit line; returns git's exit status."""
+        if self._finished:
+            return self._exit if self._exit is not None else -1
+        self._finished = True
+        if kill:
+            self.kill()
+        self.close_stdin()
+        try:
+            self._exit = await self._proc.wait_for_exit(raise_error=False)
+        finally:
+            self._proc.stdout.close()
+            await self._stderr_task
+            self._proc.stderr.close()
+        op = self.op
+        audit_log.info(
+            "user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
+            "in=%d out=%d duration=%.3fs exit=%s",
+            op.user or "-", op.remote_addr or "-", op.repo, op.service, op.protocol,
+            op.transport, op.bytes_in, op.bytes_out, time.monotonic() - op.started,
+            self._exit,
+        )
+        return self._exit
+
+    async def _log_stderr(self) -> None:
+        # Always drained, so a chatty git never blocks on a full stderr pipe.
+        pending = b""
+        while True:
+            try:
+                chunk = await self._proc.stderr.read_bytes(8192, partial=True)
+            except StreamClosedError:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._log_line(line)
+            if len(pending) > 8192:
+                self._log_line(pending)
+                pending = b""
+        self._log_line(pending)
+
+    def _log_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        if text:
+            op = self.op
+            app_log.warning("git %s repo=%s user=%s: %s", op.service, op.repo, op.user or "-", text)
+
+
+async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """Run a short git query (dumb-HTTP ref listing) without blocking the loop.
+
+    Returns its stdout; raises ``RuntimeError`` if git fails or says too much.
+    """
+    proc = Subprocess(argv, stdin=subprocess.DEVNULL, stdout=Subprocess.STREAM,
+                      stderr=subprocess.DEVNULL, cwd=cwd, close_fds=True)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            try:
+                chunk = await proc.stdout.read_bytes(CHUNK_SIZE, partial=True)
+            except StreamClosedError:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                proc.proc.kill()
+                raise RuntimeError(f"{argv[1:3]} wrote more than {max_bytes} bytes")
+            chunks.append(chunk)
+    finally:
+        proc.stdout.close()
+        status = await proc.wait_for_exit(raise_error=False)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(argv[1:3])} exited with status {status}")
+    return b"".join(chunks)

@@ -1,0 +1,101 @@
+"""pkt-line framing, the one codec every transport shares (``gitprotocol-common``).
+
+Pure: bytes in, bytes or packets out, no I/O. ``Parser`` is push-style so a
+transport can feed it whatever the socket gave it; flush ``0000``, delim
+``0001`` and response-end ``0002`` stay distinct because protocol v2 gives each
+a different meaning (``gitprotocol-v2``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FLUSH", "DELIM", "RESPONSE_END", "MAX_PKT_LEN", "PktLineError",
+    "encode", "error_line", "sideband", "Parser",
+]
+
+FLUSH = b"0000"
+DELIM = b"0001"
+RESPONSE_END = b"0002"
+_SPECIAL = {0: FLUSH, 1: DELIM, 2: RESPONSE_END}
+
+#: git's LARGE_PACKET_MAX: the 4-byte header plus 65516 bytes of payload.
+MAX_PKT_LEN = 65520
+
+
+class PktLineError(ValueError):
+    """The bytes are not a valid pkt-line stream."""
+
+
+def encode(payload: bytes) -> bytes:
+    """Frame ``payload`` as one data pkt-line."""
+    n = len(payload) + 4
+    if n > MAX_PKT_LEN:
+        raise PktLineError(f"payload of {len(payload)} bytes does not fit one pkt-line")
+    return b"%04x" % n + payload
+
+
+def error_line(message: str) -> bytes:
+    """An ``ERR`` pkt-line: git prints it as ``remote error: <message>`` and stops."""
+    return encode(b"ERR " + message.encode("utf-8", "replace") + b"\n")
+
+
+def sideband(channel: int, payload: bytes) -> bytes:
+    """One side-band packet: 1 data, 2 progress (``remote: ...``), 3 fatal error."""
+    if channel not in (1, 2, 3):
+        raise ValueError("side-band channel must be 1, 2 or 3")
+    return encode(bytes((channel,)) + payload)
+
+
+def _parse_length(header: bytes) -> int:
+    # git's packet_length() takes exactly four hex digits; int() alone would accept
+    # "+0a0", " 0a0" or "0_10", which would desynchronise us from git.
+    if len(header) != 4 or not all(c in b"0123456789abcdefABCDEF" for c in header):
+        raise PktLineError(f"invalid pkt-line length {header!r}")
+    n = int(header, 16)
+    if n == 3 or n > MAX_PKT_LEN:
+        raise PktLineError(f"invalid pkt-line length {header!r}")
+    return n
+
+
+class Parser:
+    """Push parser: ``feed(data)`` returns the packets completed by ``data``.
+
+    A packet is either ``FLUSH``, ``DELIM``, ``RESPONSE_END`` (the identical
+    bytes objects, compare with ``is`` or ``==``) or a ``Data`` payload.
+    Raises ``PktLineError`` on the first malformed header; after that the parser
+    is unusable, as the stream cannot be resynchronised.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list:
+        self._buf += data
+        out: list = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 4:
+            n = _parse_length(bytes(buf[pos:pos + 4]))
+            if n < 4:
+                out.append(_SPECIAL[n])
+                pos += 4
+                continue
+            if len(buf) - pos < n:
+                break
+            out.append(Data(buf[pos + 4:pos + n]))
+            pos += n
+        del buf[:pos]
+        return out
+
+
+class Data(bytes):
+    """A data packet's payload (a ``bytes`` subclass, so flush/delim never compare equal)."""
+
+    __slots__ = ()

@@ -1,0 +1,239 @@
+"""Smart HTTP (``gitprotocol-http``): the ``info/refs`` advertisement and the RPC POSTs.
+
+Request bodies stream into git as they arrive (chunked or not, gzip inflated
+here so bad gzip is a 400 and an inflated upload-pack request can be capped),
+with Tornado's flow control: ``data_received`` returns only when git's stdin
+took the bytes. Responses stream out with an awaited ``flush()`` per chunk, so
+neither a 1 GiB push nor a slow clone client grows the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import zlib
+
+from tornado.iostream import StreamClosedError
+import tornado.web
+
+from . import pktline
+from .dumbhttp import send_info_refs
+from .errors import BadRequest, GitAccessError, PayloadTooLarge
+from .gitproc import CHUNK_SIZE, GitProcess, Operation, git_argv, git_env
+from .services import READ, Service, protocol_version, service_for, valid_git_protocol
+from .session import Session
+from .web import NO_CACHE, GitHandler
+
+__all__ = ["InfoRefsHandler", "RPCHandler"]
+
+app_log = logging.getLogger("gittornado.application")
+
+#: Largest single inflate step, so a gzip bomb never expands in one go.
+_INFLATE_STEP = 256 * 1024
+#: Tornado needs an integer body limit; "unbounded" pushes get this one (8 EiB).
+_UNBOUNDED = 2 ** 63
+
+
+class _ServiceHandler(GitHandler):
+    """What the advertisement and the RPC share: service, Git-Protocol, running git."""
+
+    service: Service
+    session: Session
+    proc: GitProcess | None = None
+
+    def _service(self, name: str | None) -> Service:
+        svc = service_for(name or "", transport="http")
+        if svc is None:
+            raise BadRequest(f"unsupported service {name!r}")
+        return svc
+
+    def _git_protocol(self) -> str | None:
+        value = self.request.headers.get("Git-Protocol")
+        if value is not None and not valid_git_protocol(value):
+            raise BadRequest("malformed Git-Protocol header")
+        return value
+
+    def _spawn(self, *, advertise: bool, git_protocol: str | None) -> GitProcess:
+        s = self.session
+        argv = git_argv(self.service, s.repo.path, advertise=advertise, git=self.git)
+        env = git_env(os.environ, user=s.user, repo=s.repo.name, transport="http",
+                      remote_addr=self.request.remote_ip or "", git_protocol=git_protocol,
+                      extra=s.env)
+        op = Operation(user=s.user, remote_addr=self.request.remote_ip or "",
+                       repo=s.repo.name, service=self.service.name,
+                       protocol=protocol_version(git_protocol), transport="http")
+        return GitProcess(argv, env, s.repo.path, op)
+
+    async def _stream_output(self, content_type: str, preamble: bytes = b"") -> None:
+        """Copy git's stdout to the client; status and headers wait for git's first bytes.
+
+        Waiting means a git that fails before saying anything still gets a real
+        answer: an ``ERR`` pkt-line git shows as ``remote error: ...``.
+        """
+        proc = self.proc
+        assert proc is not None
+        chunk = await proc.read()
+        if not chunk:
+            status = await proc.finish()
+            if status != 0:
+                chunk = pktline.error_line(f"{self.service.name} failed on the server (see its log)")
+        self.set_header("Content-Type", content_type)
+        for k, v in NO_CACHE.items():
+            self.set_header(k, v)
+        if preamble and chunk:
+            self.write(preamble)
+        try:
+            while chunk:
+                self.write(chunk)
+                await self.flush()
+                chunk = await proc.read(CHUNK_SIZE)
+        except StreamClosedError:
+            if not self._may_kill_on_close():
+                while await proc.read():  # let a whole push finish its ref updates
+                    pass
+            await proc.finish(kill=self._may_kill_on_close())
+            return
+        await proc.finish()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        proc = self.proc
+        if proc is not None and self._may_kill_on_close():
+            asyncio.ensure_future(proc.finish(kill=True))
+
+    def _may_kill_on_close(self) -> bool:
+        return True
+
+    def on_finish(self) -> None:
+        # Safety net: a request that ended on any path never leaves git behind.
+        proc = self.proc
+        if proc is not None and not proc.finished:
+            asyncio.ensure_future(proc.finish(kill=True))
+
+
+class InfoRefsHandler(_ServiceHandler):
+    """``GET <repo>/info/refs?service=git-X``; without ``service`` the dumb file."""
+
+    async def get(self, repo: str) -> None:
+        service = self.get_query_argument("service", None)
+        if service is None:
+            self.session = await self.decide(repo, READ)
+            await send_info_refs(self, self.session, git=self.git)
+            return
+        self.service = self._service(service)
+        git_protocol = self._git_protocol()
+        self.session = await self.decide(repo, self.service.right)
+        self.proc = self._spawn(advertise=True, git_protocol=git_protocol)
+        preamble = b""
+        if protocol_version(git_protocol) != 2:
+            preamble = pktline.encode(f"# service={self.service.name}\n".encode()) + pktline.FLUSH
+        await self._stream_output(self.service.advertisement_type, preamble)
+
+    head = get
+
+
+@tornado.web.stream_request_body
+class RPCHandler(_ServiceHandler):
+    """``POST <repo>/git-upload-pack`` and ``POST <repo>/git-receive-pack``."""
+
+    ALLOWED = ("POST",)
+
+    async def prepare(self) -> None:
+        if self.request.method != "POST":
+            raise tornado.web.HTTPError(405)
+        self._failed = False
+        self._body_done = False
+        self.service = self._service(self.path_kwargs.get("service") or self.path_args[-1])
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip() != self.service.request_type:
+            # Also a CSRF guard: a browser cannot send this type cross-site without CORS.
+            raise BadRequest(f"Content-Type must be {self.service.request_type}")
+        encoding = self.request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding in ("identity", ""):
+            self._inflater = None
+        else:
+            raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
+        git_protocol = self._git_protocol()
+        if self.service.right == READ:
+            self._limit: int | None = self.upload_pack_limit
+            # upload-pack requests are pkt-lines from end to end.
+            self._parser: pktline.Parser | None = pktline.Parser()
+            self._validate_all = True
+        else:
+            self._limit = self.receive_pack_limit
+            # receive-pack: the command list up to the first flush is pkt-lines;
+            # what follows (push options, the pack) is passed through unread.
+            self._parser = pktline.Parser()
+            self._validate_all = False
+        repo = self.path_kwargs.get("repo") or self.path_args[0]
+        self.session = await self.decide(repo, self.service.right)
+        raw_limit = self._limit if self._limit is not None else _UNBOUNDED
+        self.request.connection.set_max_body_size(raw_limit)
+        self._inflated = 0
+        self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
+
+    async def data_received(self, chunk: bytes) -> None:
+        # Never raise from here: Tornado would log it as an uncaught exception.
+        if self._failed:
+            return
+        try:
+            if self._inflater is None:
+                await self._feed(chunk)
+                return
+            data = self._inflater.decompress(chunk, _INFLATE_STEP)
+            while True:
+                await self._feed(data)
+                tail = self._inflater.unconsumed_tail
+                if not tail:
+                    break
+                data = self._inflater.decompress(tail, _INFLATE_STEP)
+        except zlib.error:
+            self._fail(BadRequest("request body is not valid gzip"))
+        except pktline.PktLineError as exc:
+            self._fail(BadRequest(f"malformed request: {exc}"))
+        except GitAccessError as exc:
+            self._fail(exc)
+        except BrokenPipeError:
+            # git stopped reading (it failed and said why on stderr, or on stdout).
+            self._failed = True
+
+    async def _feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._inflated += len(data)
+        if self._limit is not None and self._inflated > self._limit:
+            raise PayloadTooLarge(f"{self.service.name} request larger than {self._limit} bytes")
+        parser = self._parser
+        if parser is not None:
+            for packet in parser.feed(data):
+                if packet is pktline.FLUSH and not self._validate_all:
+                    self._parser = None
+                    break
+        await self.proc.write(data)
+
+    def _fail(self, exc: GitAccessError) -> None:
+        self._failed = True
+        if self.proc is not None:
+            self.proc.kill()
+        self.refuse(exc)
+
+    async def post(self, repo: str, service: str) -> None:
+        self._body_done = True
+        if self._failed and self._finished:
+            return
+        if self._inflater is not None and not self._inflater.eof:
+            self._fail(BadRequest("request body is truncated gzip"))
+            return
+        if self._parser is not None and self._parser.pending:
+            self._fail(BadRequest("request body ends inside a pkt-line"))
+            return
+        self.proc.close_stdin()
+        await self._stream_output(self.service.result_type)
+
+    def _may_kill_on_close(self) -> bool:
+        # A push whose body arrived whole is let finish: killing receive-pack
+        # between its pack check and its ref updates helps nobody.
+        return self.service.right == READ or not self._body_done
