@@ -110,6 +110,30 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
 
 
+async def reap(popen: subprocess.Popen) -> int:
+    """Wait for ``popen`` to exit without blocking the loop; returns its status.
+
+    Uses a pidfd (Linux >= 5.3), else a worker thread. Not Tornado's
+    ``wait_for_exit``: its SIGCHLD handler only works on the main thread's
+    loop, and an embedding app may run Tornado on any thread.
+    """
+    if popen.poll() is not None:
+        return popen.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):
+        return await loop.run_in_executor(None, popen.wait)
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return popen.wait()
+
+
 class GitProcess:
     """One running git service with async, backpressured pipes.
 
@@ -163,24 +187,46 @@ class GitProcess:
         self.op.bytes_out += len(chunk)
         return chunk
 
-    def kill(self) -> None:
-        """Stop git (and anything it started, e.g. pack-objects) at once."""
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Signal git and everything it started (pack-objects, index-pack, hooks).
+
+        SIGTERM first: git's signal handlers then remove a push's quarantine
+        directory, so an interrupted push leaves nothing behind at all.
+        """
         if self._exit is None and self._proc.proc.poll() is None:
             try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
+                os.killpg(self._proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
-    async def finish(self, *, kill: bool = False) -> int:
-        """Close the pipes, reap git, log the audit line; returns git's exit status."""
+    async def finish(self, *, kill: bool = False, grace: float = 2.0) -> int:
+        """Close the pipes, reap git, log the audit line; returns git's exit status.
+
+        With ``kill`` (the client went away) git loses its input. A push then
+        ends as git's own "early EOF": git removes its quarantine and exits, as
+        long as its output is still read (and thrown away), so it is. A fetch
+        loses its output pipe too and dies writing to it. A git still there
+        after ``grace`` seconds gets SIGTERM, and after as long again SIGKILL.
+        """
         if self._finished:
             return self._exit if self._exit is not None else -1
         self._finished = True
-        if kill:
-            self.kill()
         self.close_stdin()
+        drain = kill and self.op.service == "git-receive-pack"
+        if kill and not drain:
+            self._proc.stdout.close()
         try:
-            self._exit = await self._proc.wait_for_exit(raise_error=False)
+            if not kill:
+                self._exit = await reap(self._proc.proc)
+            else:
+                for sig in (signal.SIGTERM, signal.SIGKILL, None):
+                    try:
+                        self._exit = await asyncio.wait_for(self._drain_and_reap(drain), grace)
+                        break
+                    except asyncio.TimeoutError:
+                        if sig is None:
+                            raise
+                        self.kill(sig)
         finally:
             self._proc.stdout.close()
             await self._stderr_task
@@ -194,6 +240,11 @@ class GitProcess:
             self._exit,
         )
         return self._exit
+
+    async def _drain_and_reap(self, drain: bool) -> int:
+        while drain and await self.read():
+            pass
+        return await reap(self._proc.proc)
 
     async def _log_stderr(self) -> None:
         # Always drained, so a chatty git never blocks on a full stderr pipe.
@@ -240,7 +291,7 @@ async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 102
             chunks.append(chunk)
     finally:
         proc.stdout.close()
-        status = await proc.wait_for_exit(raise_error=False)
+        status = await reap(proc.proc)
     if status != 0:
         raise RuntimeError(f"{' '.join(argv[1:3])} exited with status {status}")
     return b"".join(chunks)

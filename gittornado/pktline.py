@@ -64,12 +64,18 @@ class Parser:
     bytes objects, compare with ``is`` or ``==``) or a ``Data`` payload.
     Raises ``PktLineError`` on the first malformed header; after that the parser
     is unusable, as the stream cannot be resynchronised.
+
+    With ``until_flush`` the parser stops at the first flush and ignores what
+    follows (``done`` turns true): a push is pkt-line commands, a flush, then
+    raw pack data that is not pkt-lines.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_until_flush", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, until_flush: bool = False) -> None:
         self._buf = bytearray()
+        self._until_flush = until_flush
+        self.done = False
 
     @property
     def pending(self) -> int:
@@ -77,6 +83,8 @@ class Parser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list:
+        if self.done:
+            return []
         self._buf += data
         out: list = []
         buf = self._buf
@@ -86,6 +94,10 @@ class Parser:
             if n < 4:
                 out.append(_SPECIAL[n])
                 pos += 4
+                if n == 0 and self._until_flush:
+                    self.done = True
+                    buf.clear()
+                    return out
                 continue
             if len(buf) - pos < n:
                 break

@@ -160,14 +160,12 @@ class RPCHandler(_ServiceHandler):
         if self.service.right == READ:
             self._limit: int | None = self.upload_pack_limit
             # upload-pack requests are pkt-lines from end to end.
-            self._parser: pktline.Parser | None = pktline.Parser()
-            self._validate_all = True
+            self._parser = pktline.Parser()
         else:
             self._limit = self.receive_pack_limit
             # receive-pack: the command list up to the first flush is pkt-lines;
             # what follows (push options, the pack) is passed through unread.
-            self._parser = pktline.Parser()
-            self._validate_all = False
+            self._parser = pktline.Parser(until_flush=True)
         repo = self.path_kwargs.get("repo") or self.path_args[0]
         self.session = await self.decide(repo, self.service.right)
         raw_limit = self._limit if self._limit is not None else _UNBOUNDED
@@ -206,12 +204,7 @@ class RPCHandler(_ServiceHandler):
         self._inflated += len(data)
         if self._limit is not None and self._inflated > self._limit:
             raise PayloadTooLarge(f"{self.service.name} request larger than {self._limit} bytes")
-        parser = self._parser
-        if parser is not None:
-            for packet in parser.feed(data):
-                if packet is pktline.FLUSH and not self._validate_all:
-                    self._parser = None
-                    break
+        self._parser.feed(data)
         await self.proc.write(data)
 
     def _fail(self, exc: GitAccessError) -> None:
@@ -227,7 +220,7 @@ class RPCHandler(_ServiceHandler):
         if self._inflater is not None and not self._inflater.eof:
             self._fail(BadRequest("request body is truncated gzip"))
             return
-        if self._parser is not None and self._parser.pending:
+        if self._parser.pending:
             self._fail(BadRequest("request body ends inside a pkt-line"))
             return
         self.proc.close_stdin()
