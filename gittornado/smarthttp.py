@@ -171,6 +171,7 @@ class RPCHandler(_ServiceHandler):
         raw_limit = self._limit if self._limit is not None else _UNBOUNDED
         self.request.connection.set_max_body_size(raw_limit)
         self._inflated = 0
+        self._git_reading = True
         self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
 
     async def data_received(self, chunk: bytes) -> None:
@@ -194,9 +195,6 @@ class RPCHandler(_ServiceHandler):
             self._fail(BadRequest(f"malformed request: {exc}"))
         except GitAccessError as exc:
             self._fail(exc)
-        except BrokenPipeError:
-            # git stopped reading (it failed and said why on stderr, or on stdout).
-            self._failed = True
 
     async def _feed(self, data: bytes) -> None:
         if not data:
@@ -205,7 +203,13 @@ class RPCHandler(_ServiceHandler):
         if self._limit is not None and self._inflated > self._limit:
             raise PayloadTooLarge(f"{self.service.name} request larger than {self._limit} bytes")
         self._parser.feed(data)
-        await self.proc.write(data)
+        if self._git_reading:
+            try:
+                await self.proc.write(data)
+            except BrokenPipeError:
+                # git stopped reading: it failed and says why in its output, which
+                # post() relays. The rest of the body is still checked, not sent.
+                self._git_reading = False
 
     def _fail(self, exc: GitAccessError) -> None:
         self._failed = True

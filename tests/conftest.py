@@ -126,6 +126,7 @@ def fixture_repo(tmp_path_factory, hermetic_git) -> Path:
     git("init", "--bare", "-q", str(path))
     git("fast-import", "--quiet", cwd=path, input=FIXTURE_STREAM.encode())
     git("symbolic-ref", "HEAD", "refs/heads/main", cwd=path)
+    git("repack", "-adqn", cwd=path)  # -n: no update-server-info
     return path
 
 

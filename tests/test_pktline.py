@@ -1,0 +1,77 @@
+"""pkt-line codec, byte for byte; the parser fed whole, byte at a time, and with trailing data."""
+
+import pytest
+
+from gittornado import pktline
+from gittornado.pktline import DELIM, FLUSH, RESPONSE_END, Parser, PktLineError
+
+
+def test_encode_exact_bytes():
+    assert pktline.encode(b"a\n") == b"0006a\n"
+    assert pktline.encode(b"") == b"0004"
+    assert pktline.encode(b"# service=git-upload-pack\n") == b"001e# service=git-upload-pack\n"
+
+
+def test_encode_refuses_oversized_payload():
+    pktline.encode(b"x" * 65516)
+    with pytest.raises(PktLineError):
+        pktline.encode(b"x" * 65517)
+
+
+def test_error_and_sideband_lines():
+    assert pktline.error_line("no such repo") == b"0015ERR no such repo\n"
+    assert pktline.sideband(2, b"hi\n") == b"0008\x02hi\n"
+    with pytest.raises(ValueError):
+        pktline.sideband(4, b"x")
+
+
+STREAM = b"0006a\n" + FLUSH + b"0009done\n" + DELIM + b"0004" + RESPONSE_END
+EXPECTED = [b"a\n", FLUSH, b"done\n", DELIM, b"", RESPONSE_END]
+
+
+def _kinds(packets):
+    return [("special", p) if p in (FLUSH, DELIM, RESPONSE_END) and not isinstance(p, pktline.Data)
+            else ("data", bytes(p)) for p in packets]
+
+
+def test_parser_whole_stream_keeps_flush_delim_and_response_end_apart():
+    got = Parser().feed(STREAM)
+    assert _kinds(got) == _kinds(EXPECTED)
+    assert got[1] is FLUSH and got[3] is DELIM and got[5] is RESPONSE_END
+    # an empty data packet is data, not a flush
+    assert isinstance(got[4], pktline.Data) and got[4] != FLUSH
+
+
+def test_parser_byte_at_a_time():
+    parser = Parser()
+    got = []
+    for i in range(len(STREAM)):
+        got += parser.feed(STREAM[i:i + 1])
+    assert _kinds(got) == _kinds(EXPECTED)
+    assert parser.pending == 0
+
+
+def test_parser_holds_partial_packet():
+    parser = Parser()
+    assert parser.feed(b"000ahel") == []
+    assert parser.pending == 7
+    assert parser.feed(b"lo\n") == [b"hello\n"]
+
+
+def test_parser_until_flush_ignores_trailing_pack_data():
+    parser = Parser(until_flush=True)
+    got = parser.feed(b"0006a\n0000PACK\x00\x00\x00\x02garbage")
+    assert _kinds(got) == [("data", b"a\n"), ("special", FLUSH)]
+    assert parser.done and parser.pending == 0
+    assert parser.feed(b"more garbage") == []
+
+
+@pytest.mark.parametrize("bad", [b"zzzz", b"0003", b"+0a0", b" 0a0", b"0_10", b"fff5", b"ffff", b"-001"])
+def test_parser_rejects_malformed_lengths(bad):
+    with pytest.raises(PktLineError):
+        Parser().feed(bad + b"x" * 8)
+
+
+def test_parser_accepts_maximum_length():
+    payload = b"y" * 65516
+    assert Parser().feed(b"fff0" + payload) == [payload]
