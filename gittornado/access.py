@@ -26,9 +26,11 @@ from .services import READ, WRITE
 from .session import AccessRequest, BadCredentials, Grant
 
 __all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile",
-           "PASSWORD_CONTEXT", "hash_password"]
+           "PASSWORD_CONTEXT", "hash_password", "hash_weakness"]
 
 app_log = logging.getLogger("gittornado.application")
+
+_DEPRECATED = ("apr_md5_crypt", "md5_crypt", "ldap_salted_sha1", "ldap_sha1", "hex_sha1")
 
 #: Every hash format an access file may hold. The first is what
 #: ``gittornado-passwd`` writes; the deprecated ones verify but are flagged.
@@ -39,7 +41,7 @@ PASSWORD_CONTEXT = CryptContext(
         "hex_sha1",
     ],
     default="bcrypt",
-    deprecated=["apr_md5_crypt", "md5_crypt", "ldap_salted_sha1", "ldap_sha1", "hex_sha1"],
+    deprecated=list(_DEPRECATED),
     bcrypt__rounds=12,
 )
 
@@ -50,8 +52,58 @@ _NAME = re.compile(r"[^\s=:,;#\[\]@*][^\s=:,;#\[\]]*\Z")
 _PATTERN = re.compile(r"[^\s=,;#]+\Z")
 
 
+#: Below these costs a hash of a current scheme still counts as weak (OWASP's
+#: minimums): bcrypt cost 10, sha2-crypt 5000 rounds, argon2 memory x passes
+#: of about 36 MiB (m=19456 KiB with t=2).
+_MIN_BCRYPT_ROUNDS = 10
+_MIN_SHA_CRYPT_ROUNDS = 5000
+_MIN_ARGON2_WORK = 19456 * 2
+
+
 def hash_password(password: str, scheme: str = "bcrypt") -> str:
+    """A new hash for ``password`` (what ``gittornado-passwd`` writes).
+
+    bcrypt only looks at the first 72 bytes; rather than silently ignore the
+    rest, a longer password is refused with ``ValueError`` (use argon2).
+    """
+    if scheme == "bcrypt" and len(password.encode("utf-8")) > 72:
+        raise ValueError("bcrypt cannot hash a password longer than 72 bytes; use --scheme argon2")
     return PASSWORD_CONTEXT.handler(scheme).hash(password)
+
+
+def hash_weakness(hashed: str) -> str | None:
+    """Why ``hashed`` should be replaced (a legacy scheme or a low cost), or None."""
+    scheme = PASSWORD_CONTEXT.identify(hashed, required=False)
+    if scheme is None:
+        return "unrecognised hash"
+    if scheme in _DEPRECATED:
+        return f"legacy scheme {scheme}"
+    try:
+        parsed = PASSWORD_CONTEXT.handler(scheme).from_string(hashed)
+    except (ValueError, TypeError):
+        return "malformed hash"
+    rounds = getattr(parsed, "rounds", None)
+    if scheme == "bcrypt" and rounds is not None and rounds < _MIN_BCRYPT_ROUNDS:
+        return f"bcrypt cost {rounds} (want at least {_MIN_BCRYPT_ROUNDS})"
+    if scheme in ("sha512_crypt", "sha256_crypt") and rounds is not None \
+            and rounds < _MIN_SHA_CRYPT_ROUNDS:
+        return f"{scheme} with {rounds} rounds (want at least {_MIN_SHA_CRYPT_ROUNDS})"
+    if scheme == "argon2":
+        work = (getattr(parsed, "memory_cost", 0) or 0) * (rounds or 0)
+        if work < _MIN_ARGON2_WORK:
+            return "argon2 with a low memory/time cost"
+    return None
+
+
+def _cost_class(hashed: str) -> tuple:
+    """Hashes in one class take about as long to verify (same scheme and parameters)."""
+    scheme = PASSWORD_CONTEXT.identify(hashed, required=False)
+    try:
+        parsed = PASSWORD_CONTEXT.handler(scheme).from_string(hashed)
+    except (ValueError, TypeError, KeyError):
+        return (scheme,)
+    return (scheme, getattr(parsed, "rounds", None), getattr(parsed, "memory_cost", None),
+            getattr(parsed, "parallelism", None))
 
 
 class AccessFileError(ValueError):
@@ -111,7 +163,19 @@ class Policy:
         return best.read, best.write, best
 
     def weak_users(self) -> list[str]:
-        return sorted(u for u, h in self.users.items() if PASSWORD_CONTEXT.needs_update(h))
+        """Users whose hash is a legacy scheme or too cheap (see ``hash_weakness``)."""
+        return sorted(u for u, h in self.users.items() if hash_weakness(h) is not None)
+
+    def typical_hash(self) -> str | None:
+        """A stored hash of the most common cost class, to verify unknown users against."""
+        if not self.users:
+            return None
+        counts: dict[tuple, int] = {}
+        for h in self.users.values():
+            key = _cost_class(h)
+            counts[key] = counts.get(key, 0) + 1
+        best = max(counts.values())
+        return next(h for h in self.users.values() if counts[_cost_class(h)] == best)
 
 
 def _strip_comment(line: str) -> str:
@@ -127,6 +191,28 @@ def _split_key(text: str, lineno: int) -> tuple[str, str]:
     if not m:
         raise AccessFileError(lineno, f"expected 'key = value', got {text!r}")
     return m.group(1).strip(), m.group(2).strip()
+
+
+def _expand_groups(entries: list[tuple[str, list[str], int]]) -> dict[str, set[str]]:
+    """Group -> its users, with ``@other`` members (nested groups, cycles allowed) expanded."""
+    nested: dict[str, set[str]] = {}
+    users: dict[str, set[str]] = {}
+    for name, members, _ in entries:
+        users.setdefault(name, set()).update(m for m in members if not m.startswith("@"))
+        nested.setdefault(name, set()).update(m[1:] for m in members if m.startswith("@"))
+    for name, members, lineno in entries:
+        for member in members:
+            if member.startswith("@") and member[1:] not in users:
+                raise AccessFileError(lineno, f"unknown group {member!r} in group {name!r}")
+    changed = True
+    while changed:  # a fixed point: at most one pass per nesting level
+        changed = False
+        for name, inner in nested.items():
+            before = len(users[name])
+            for other in inner:
+                users[name] |= users[other]
+            changed = changed or len(users[name]) != before
+    return users
 
 
 def parse_access_file(text: str) -> Policy:
@@ -162,6 +248,9 @@ def parse_access_file(text: str) -> Policy:
             if not _NAME.match(key):
                 raise AccessFileError(lineno, f"invalid group name {key!r}")
             members = [m.strip() for m in value.split(",") if m.strip()]
+            for member in members:
+                if not _NAME.match(member.removeprefix("@")):
+                    raise AccessFileError(lineno, f"invalid member {member!r} of group {key!r}")
             pending_groups.append((key, members, lineno))
         else:
             if not (key == "*" or _NAME.match(key.removeprefix("@"))):
@@ -179,8 +268,7 @@ def parse_access_file(text: str) -> Policy:
                     pattern = pattern[:-4]
                 read, write = _PERMS[perm]
                 policy.rules.append(Rule(key, pattern, read, write, lineno, _glob_regex(pattern)))
-    for name, members, lineno in pending_groups:
-        policy.groups.setdefault(name, set()).update(members)
+    policy.groups = _expand_groups(pending_groups)
     for rule in policy.rules:
         if rule.subject.startswith("@") and rule.subject[1:] not in policy.groups:
             raise AccessFileError(rule.line, f"unknown group {rule.subject!r}")

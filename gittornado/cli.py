@@ -54,6 +54,53 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _fork_workers(n: int) -> None:
+    """Pre-fork ``n`` workers sharing the listening sockets; returns in each worker.
+
+    The parent only supervises: it restarts a worker that dies abnormally and,
+    on SIGTERM/SIGINT, stops every worker and exits 0 (``tornado.process.
+    fork_processes`` would leave the workers running when the parent is killed).
+    """
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> bool:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            return True
+        children.add(pid)
+        return False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(n):
+        if spawn():
+            return
+    log.info("started %d worker processes", n)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            log.warning("worker %d died (status %d); starting another", pid, status)
+            if spawn():
+                return
+    sys.exit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import tornado.httpserver
     import tornado.netutil
@@ -78,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if args.processes != 1:
         # Must happen before any IOLoop exists.
-        tornado.process.fork_processes(args.processes or None)
+        _fork_workers(args.processes or tornado.process.cpu_count())
 
     async def run() -> None:
         try:
@@ -91,15 +138,15 @@ def _serve(args: argparse.Namespace) -> int:
             raise SystemExit(2)
         server = tornado.httpserver.HTTPServer(app, xheaders=args.xheaders, ssl_options=ssl_ctx,
                                                idle_connection_timeout=3600)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         server.add_sockets(sockets)
         ports = sorted({s.getsockname()[1] for s in sockets})
         scheme = "https" if ssl_ctx else "http"
         log.info("serving %s on %s://%s:%s%s/", os.path.abspath(args.gitbase), scheme,
                  args.address or "*", ",".join(map(str, ports)), args.prefix.rstrip("/"))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
         server.stop()

@@ -1,0 +1,53 @@
+"""gittornado inside your own Tornado app: git URLs beside your handlers, a WSGI UI behind.
+
+Run ``python server.py [GITBASE]`` and ``git clone http://127.0.0.1:8080/<repo>``.
+"""
+
+import asyncio
+import sys
+
+import tornado.web
+
+import gittornado
+
+
+def hello_wsgi(environ, start_response):  # any WSGI app: Flask, Django, klaus, ...
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"Your web UI here. git URLs on this server are handled by gittornado.\n"]
+
+
+class Access:
+    """An access object as an app would write it (sync or async methods both work)."""
+
+    async def check(self, request: gittornado.AccessRequest):
+        if request.credentials is not None:  # look the user up in your own database here
+            if request.credentials.password != "secret":
+                raise gittornado.BadCredentials(request.credentials.username)
+            return gittornado.Grant(user=request.credentials.username, read=True, write=True)
+        return gittornado.Grant(user=None, read=True, write=False)  # anonymous: read only
+
+
+class StatusHandler(tornado.web.RequestHandler):
+    def get(self):
+        self.write({"status": "ok"})
+
+
+def make_app(gitbase: str) -> tornado.web.Application:
+    # The same keyword arguments drop into any URLSpec using InfoRefsHandler,
+    # RPCHandler and FileHandler directly. The original GitTornado's config
+    # dict also works: {"auth": auth(request) -> (read, write), "gitlookup": ...}.
+    git_routes = gittornado.routes(access=Access(), gitbase=gitbase, realm="example")
+    return tornado.web.Application(
+        [(r"/status", StatusHandler)]
+        + git_routes
+        + [(r".*", gittornado.FallbackHandler, {"fallback": hello_wsgi})]
+    )
+
+
+async def main() -> None:
+    make_app(sys.argv[1] if len(sys.argv) > 1 else ".").listen(8080)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,105 @@
+"""The console command as users run it: a real process, real git, clean exit on signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import git, rev, wait_for
+
+
+def start(args, cwd, module=False):
+    cmd = [sys.executable, "-m", "gittornado"] if module else ["gittornado"]
+    proc = subprocess.Popen(cmd + ["--address", "127.0.0.1", "--port", "0", *args], cwd=cwd,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+
+    def port():
+        line = proc.stderr.readline()
+        lines.append(line)
+        m = re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/", line)
+        if not line and proc.poll() is not None:
+            raise AssertionError("server exited:\n" + "".join(lines))
+        return m and int(m.group(1))
+
+    return proc, wait_for(port, message="the server's 'serving' line")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    finally:
+        proc.kill() if proc.poll() is None else None
+
+
+@pytest.mark.parametrize("module", [False, True])
+def test_serves_current_directory_read_only(gitbase, tmp_path, module):
+    proc, port = start([], cwd=gitbase, module=module)
+    try:
+        git("clone", "-q", f"http://127.0.0.1:{port}/app", str(tmp_path / "c"))
+        assert rev(tmp_path / "c", "HEAD") == rev(gitbase / "app.git", "main")
+        pushed = git("push", f"http://127.0.0.1:{port}/app", "HEAD:refs/heads/x", cwd=tmp_path / "c",
+                     check=False)
+        assert pushed.returncode != 0 and b"403" in pushed.stderr
+    finally:
+        assert stop(proc) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_options_in_both_forms(gitbase, tmp_path):
+    proc, port = start([f"--gitbase={gitbase}", "--prefix", "/git", "--realm=x"], cwd=tmp_path)
+    try:
+        git("ls-remote", f"http://127.0.0.1:{port}/git/team/app.git")
+        assert git("ls-remote", f"http://127.0.0.1:{port}/team/app.git", check=False).returncode != 0
+    finally:
+        assert stop(proc) == 0
+
+
+def test_sigint_exits_cleanly(gitbase):
+    proc, _ = start([], cwd=gitbase)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    proc = subprocess.run(["gittornado", "--gitbase", str(tmp_path / "nope"), "--port", "0"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "not a directory" in proc.stderr
+    proc = subprocess.run(["gittornado", "--port", "x"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "invalid int value" in proc.stderr
+
+
+def test_processes_forks_workers(gitbase, tmp_path):
+    proc, port = start(["--processes", "2"], cwd=gitbase)
+    try:
+        for i in range(4):
+            git("ls-remote", f"http://127.0.0.1:{port}/app")
+        children = wait_for(lambda: [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid],
+                            message="worker processes")
+        assert len(children) >= 2
+    finally:
+        assert stop(proc) == 0
+
+
+def _ppid(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def test_server_py_example_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_server", os.path.join(os.path.dirname(__file__), "..", "server.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.make_app(str(tmp_path)) is not None
