@@ -160,35 +160,52 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def check_access_main(argv: list[str]) -> int:
+    """``gittornado check-access FILE USER REPO``: the verdict and the rule granting it.
+
+    Exit status 0 when USER may read REPO, 3 when not, 1 for a file that does
+    not load (its error names the line) or an invalid repository name.
+    """
     p = argparse.ArgumentParser(prog="gittornado check-access",
                                 description="Explain what USER may do on REPO under an access file.")
     p.add_argument("accessfile")
     p.add_argument("user", help="user name, or - for anonymous")
     p.add_argument("repo")
     args = p.parse_args(argv)
-    from .access import AccessFile, AccessFileError
+    from .access import AccessFileError, hash_weakness, parse_access_file
     from .repos import normalize_name
 
-    logging.basicConfig(level=logging.ERROR, format="%(message)s")
     try:
-        access = AccessFile(args.accessfile)
-    except AccessFileError:
+        with open(args.accessfile, encoding="utf-8") as fh:
+            policy = parse_access_file(fh.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"gittornado check-access: cannot read {args.accessfile}: {exc}", file=sys.stderr)
+        return 1
+    except AccessFileError as exc:
+        print(f"gittornado check-access: {args.accessfile} does not load: {exc}", file=sys.stderr)
         return 1
     repo = normalize_name(args.repo)
     if repo is None:
-        print(f"{args.repo!r} is not a valid repository name")
+        print(f"gittornado check-access: {args.repo!r} is not a valid repository name",
+              file=sys.stderr)
         return 1
     user = None if args.user == "-" else args.user
-    if user is not None and user not in access.policy.users:
-        print(f"note: {user!r} has no password in [users], so cannot log in over HTTP")
-    read, write, rules = access.explain(user, repo)
+    if user is not None:
+        if user not in policy.users:
+            print(f"note: {user!r} has no password in [users], so cannot log in over HTTP")
+        elif (weakness := hash_weakness(policy.users[user])) is not None:
+            print(f"note: {user!r} has a weak password hash ({weakness}); "
+                  f"replace it with: gittornado-passwd {args.accessfile} {user}")
+    read, write, best = policy.rights(user, repo)
     who = user or "anonymous"
     verdict = "read and write" if write else "read only" if read else "no access"
     print(f"{who} on {repo}: {verdict}")
-    for rule in rules:
-        print(f"  {rule.describe()}")
-    if not rules:
-        print("  no rule matches")
+    if best is not None and (read or write):
+        print(f"  granted by {best.describe()}")
+    for rule in policy.matching_rules(user, repo):
+        if rule is not best or not (read or write):
+            print(f"  also matches {rule.describe()}")
+    if best is None or not (read or write):
+        print("  no rule grants access")
     return 0 if read else 3
 
 
@@ -206,67 +223,108 @@ def main(argv: list[str] | None = None) -> int:
 def update_users_section(text: str, user: str, hashed: str | None) -> str:
     """The access file ``text`` with ``user``'s line set to ``hashed`` (None: removed).
 
-    Pure. Every other line, comment and blank is kept as it was; a missing
-    ``[users]`` section is added at the top.
+    Pure. Every other line, comment, blank and line ending is kept byte for
+    byte; on the user's own line only the hash changes (indentation, ``:`` or
+    ``=`` and an inline comment stay). A new user goes after the last entry of
+    the first ``[users]`` section; a missing ``[users]`` section is added
+    before the first section (or at the end of a file without one).
+    Raises ``KeyError`` when deleting a user that is not there.
     """
     import re
 
-    lines = text.splitlines(keepends=True)
-    section = None
-    users_start = None
-    users_end = None
-    for i, line in enumerate(lines):
+    def content(line: str) -> str:  # what the parser sees: no comment, no blanks
         stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            if section == "users" and users_end is None:
-                users_end = i
-            section = stripped[1:-1].strip().lower()
-            if section == "users" and users_start is None:
-                users_start = i
+        if stripped.startswith((";", "#")):
+            return ""
+        return re.split(r"\s[;#]", stripped, maxsplit=1)[0].strip()
+
+    lines = text.splitlines(keepends=True)
+    first_eol = re.search(r"\r\n|\n|\r", text)
+    eol = first_eol.group(0) if first_eol else "\n"
+    section = None
+    first_header = None
+    users_start = None
+    users_last = None      # index of the last entry (or the header) of the first [users]
+    in_first_users = False
+    for i, line in enumerate(lines):
+        body = content(line)
+        if not body:
             continue
-        if section == "users":
-            m = re.match(r"\s*([^=:\s]+)\s*[=:]", line)
-            if m and m.group(1) == user:
-                if hashed is None:
-                    lines[i] = ""
-                else:
-                    newline = "\n" if line.endswith("\n") else ""
-                    lines[i] = f"{user} = {hashed}{newline}"
-                return "".join(lines)
+        if body.startswith("[") and body.endswith("]"):
+            section = body[1:-1].strip().lower()
+            if first_header is None:
+                first_header = i
+            in_first_users = section == "users" and users_start is None
+            if in_first_users:
+                users_start = users_last = i
+            continue
+        if in_first_users:
+            users_last = i
+        if section != "users":
+            continue
+        m = re.match(r"([^=:]+?)\s*[=:]", body)
+        if not m or m.group(1).strip() != user:
+            continue
+        if hashed is None:
+            del lines[i]
+            return "".join(lines)
+        raw = line.rstrip("\r\n")
+        ending = line[len(raw):]
+        prefix = re.match(r"\s*[^=:]+?\s*[=:]\s*", raw).group(0)
+        comment = re.search(r"\s+[;#].*\Z", raw[len(prefix):])
+        lines[i] = prefix + hashed + (comment.group(0) if comment else "") + ending
+        return "".join(lines)
     if hashed is None:
         raise KeyError(user)
-    entry = f"{user} = {hashed}\n"
+    entry = f"{user} = {hashed}{eol}"
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] += eol
     if users_start is None:
-        return "[users]\n" + entry + ("\n" if lines else "") + "".join(lines)
-    end = users_end if users_end is not None else len(lines)
-    # Insert after the section's last non-blank line.
-    while end > users_start + 1 and not lines[end - 1].strip():
-        end -= 1
-    if end > 0 and not lines[end - 1].endswith("\n"):
-        lines[end - 1] += "\n"
-    lines.insert(end, entry)
+        block = [f"[users]{eol}", entry]
+        if first_header is None:
+            if lines and lines[-1].strip():
+                block.insert(0, eol)
+            return "".join(lines + block)
+        return "".join(lines[:first_header] + block + [eol] + lines[first_header:])
+    assert users_last is not None
+    lines.insert(users_last + 1, entry)
     return "".join(lines)
 
 
 def passwd_main(argv: list[str] | None = None) -> int:
+    """``gittornado-passwd FILE USER``: set (or ``--delete``) a user's hash, atomically.
+
+    The password comes from a prompt (asked twice) or ``--password-stdin``
+    (one line). Only a hash is ever written. The new file must parse, and it
+    replaces the old one by rename, keeping its mode (and owner, when allowed).
+    """
     p = argparse.ArgumentParser(prog="gittornado-passwd",
                                 description="Set or delete a user's password hash in an access file.")
     p.add_argument("accessfile")
     p.add_argument("user")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument("--scheme", choices=["bcrypt", "argon2"], default="bcrypt")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    p.add_argument("--scheme", choices=["bcrypt", "argon2"], default="bcrypt",
+                   help="hash scheme (default bcrypt)")
     p.add_argument("--delete", action="store_true", help="remove the user")
     args = p.parse_args(argv)
-    from .access import AccessFileError, hash_password, parse_access_file
+    from .access import _NAME, AccessFileError, hash_password, parse_access_file
 
-    if not args.user or any(c in args.user for c in " \t=:;#[]@*,") :
-        print(f"gittornado-passwd: invalid user name {args.user!r}", file=sys.stderr)
+    prog = "gittornado-passwd"
+    if not _NAME.match(args.user):
+        print(f"{prog}: invalid user name {args.user!r}", file=sys.stderr)
         return 2
+    # Write through a symlink to the real file, not over the link.
+    target = os.path.realpath(args.accessfile)
     try:
-        with open(args.accessfile, encoding="utf-8") as fh:
+        with open(target, encoding="utf-8", newline="") as fh:
             text = fh.read()
+        existing = os.stat(target)
     except FileNotFoundError:
-        text = ""
+        text, existing = "", None
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{prog}: cannot read {args.accessfile}: {exc}", file=sys.stderr)
+        return 1
     if args.delete:
         hashed = None
     else:
@@ -275,41 +333,55 @@ def passwd_main(argv: list[str] | None = None) -> int:
         else:
             password = getpass.getpass(f"Password for {args.user}: ")
             if getpass.getpass("Again: ") != password:
-                print("gittornado-passwd: the passwords differ; nothing changed", file=sys.stderr)
+                print(f"{prog}: the passwords differ; nothing changed", file=sys.stderr)
                 return 1
         if not password:
-            print("gittornado-passwd: empty password refused", file=sys.stderr)
+            print(f"{prog}: empty password refused", file=sys.stderr)
             return 1
-        hashed = hash_password(password, args.scheme)
+        try:
+            hashed = hash_password(password, args.scheme)
+        except ValueError as exc:
+            print(f"{prog}: {exc}; nothing changed", file=sys.stderr)
+            return 1
     try:
         new_text = update_users_section(text, args.user, hashed)
     except KeyError:
-        print(f"gittornado-passwd: no user {args.user!r} in {args.accessfile}", file=sys.stderr)
+        print(f"{prog}: no user {args.user!r} in {args.accessfile}", file=sys.stderr)
         return 1
     try:
         parse_access_file(new_text)
     except AccessFileError as exc:
-        print(f"gittornado-passwd: {args.accessfile} would not load ({exc}); nothing changed",
+        print(f"{prog}: {args.accessfile} would not load ({exc}); nothing changed",
               file=sys.stderr)
         return 1
-    directory = os.path.dirname(os.path.abspath(args.accessfile))
+    directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(prefix=".gittornado-passwd-", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(new_text)
             fh.flush()
+            if existing is not None:
+                os.fchmod(fh.fileno(), existing.st_mode & 0o7777)
+                try:
+                    os.fchown(fh.fileno(), existing.st_uid, existing.st_gid)
+                except PermissionError:
+                    pass  # not root: the file becomes ours, as with any editor
             os.fsync(fh.fileno())
-        try:
-            os.chmod(tmp, os.stat(args.accessfile).st_mode & 0o7777)
-        except FileNotFoundError:
-            os.chmod(tmp, 0o600)
-        os.replace(tmp, args.accessfile)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
     action = "deleted" if args.delete else "set"
     print(f"{action} {args.user} in {args.accessfile}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import logging
 from typing import Any, Callable, Iterable
 
 import tornado.web
@@ -22,6 +23,7 @@ from .errors import GitAccessError
 __all__ = ["FallbackHandler", "IndexApp", "wsgi_container"]
 
 _LOOP_KEY = "gittornado.loop"
+access_log = logging.getLogger("gittornado.access")
 
 
 class _Container(tornado.wsgi.WSGIContainer):
@@ -29,6 +31,11 @@ class _Container(tornado.wsgi.WSGIContainer):
         env = super().environ(request)
         env[_LOOP_KEY] = asyncio.get_running_loop()
         return env
+
+    def _log(self, status_code, request):
+        log = access_log.info if status_code < 400 else access_log.warning
+        log("%s %s %s %d %.1fms", request.remote_ip, request.method, request.uri, status_code,
+            1000.0 * request.request_time())
 
 
 def wsgi_container(app: Callable, executor: concurrent.futures.Executor | None = None,

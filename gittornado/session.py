@@ -209,14 +209,14 @@ class Gate:
         return Session(user=grant.user, repo=repo, operation=request.operation, env=dict(grant.env))
 
     async def readable(self, names: list[str], request: AccessRequest) -> list[str]:
-        """The subset of ``names`` the requester may read (index page); never raises 401/404."""
+        """The subset of ``names`` the requester may read (the index page).
+
+        Wrong credentials raise ``Unauthorized`` (or ``TooManyRequests``) as for
+        any other request; a missing or unreadable repository is just left out.
+        """
         out = []
         for name in names:
             request.repo, request.operation = name, READ
-            try:
-                grant = await self._grant(request)
-            except (Unauthorized, TooManyRequests):
-                return []
-            if grant.read:
+            if (await self._grant(request)).read:
                 out.append(name)
         return out
