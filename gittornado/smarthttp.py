@@ -83,18 +83,25 @@ class _ServiceHandler(GitHandler):
             self.set_header(k, v)
         if preamble and chunk:
             self.write(preamble)
+        sent = bool(chunk)
         try:
             while chunk:
                 self.write(chunk)
                 await self.flush()
                 chunk = await proc.read(CHUNK_SIZE)
+            status = await proc.finish()
+            if sent and status != 0:
+                # git died mid-answer (killed, out of memory...): tell the user
+                # why instead of leaving them with "early EOF".
+                message = f"{self.service.name} died on the server (see its log)"
+                self.write(pktline.sideband(3, message.encode()) if content_type.endswith("-result")
+                           else pktline.error_line(message))
+                await self.flush()
         except StreamClosedError:
             if not self._may_kill_on_close():
                 while await proc.read():  # let a whole push finish its ref updates
                     pass
             await proc.finish(kill=self._may_kill_on_close())
-            return
-        await proc.finish()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
@@ -129,8 +136,6 @@ class InfoRefsHandler(_ServiceHandler):
         if protocol_version(git_protocol) != 2:
             preamble = pktline.encode(f"# service={self.service.name}\n".encode()) + pktline.FLUSH
         await self._stream_output(self.service.advertisement_type, preamble)
-
-    head = get
 
 
 @tornado.web.stream_request_body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
+import re
 import zlib
 
 import pytest
@@ -310,3 +311,20 @@ def test_prefix(serve):
     status, _, body = request(server, "GET", "/git/")
     assert status == 200 and f"{server.url}/git/app.git".encode() in body
     git("ls-remote", f"{server.url}/git/team/app.git")
+
+
+def test_push_beyond_tornados_100_mb_default_with_content_length(rw_server, tmp_path, gitbase):
+    """A large postBuffer makes git send one Content-Length body instead of chunks."""
+    work = tmp_path / "w"
+    git("clone", "-q", str(gitbase / "app.git"), str(work))
+    with open(work / "huge.bin", "wb") as fh:
+        for _ in range(105):
+            fh.write(os.urandom(1024 * 1024))
+    fast = ["-c", "core.compression=0", "-c", "pack.compression=0"]
+    git(*fast, "add", "huge.bin", cwd=work)
+    git(*fast, "commit", "-qm", "huge", cwd=work)
+    proc = git(*fast, "-c", "http.postBuffer=209715200", "push", f"{rw_server.url}/app", "main", cwd=work,
+               env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"}, timeout=300)
+    lengths = [int(x) for x in re.findall(rb"Content-Length: (\d+)", proc.stderr)]
+    assert max(lengths) > 100 * 1024 * 1024
+    assert rev(gitbase / "app.git", "main") == rev(work, "HEAD")
