@@ -87,7 +87,10 @@ class FileHandler(GitHandler):
             _set_cache(self, immutable=False)
             self.finish(_packs_listing(session.repo.path))
             return
-        full = os.path.join(session.repo.path, *path.split("/"))
+        full = os.path.realpath(os.path.join(session.repo.path, *path.split("/")))
+        if not full.startswith(os.path.realpath(session.repo.path) + os.sep):
+            # A symlink inside the repository pointing elsewhere is never followed out.
+            raise tornado.web.HTTPError(404)
         try:
             fh = open(full, "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

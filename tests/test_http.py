@@ -328,3 +328,12 @@ def test_push_beyond_tornados_100_mb_default_with_content_length(rw_server, tmp_
     lengths = [int(x) for x in re.findall(rb"Content-Length: (\d+)", proc.stderr)]
     assert max(lengths) > 100 * 1024 * 1024
     assert rev(gitbase / "app.git", "main") == rev(work, "HEAD")
+
+
+def test_dumb_symlinked_file_out_of_the_repository_is_404(server, gitbase, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("top secret\n")
+    pack_dir = gitbase / "app.git" / "objects" / "pack"
+    (pack_dir / ("pack-" + "a" * 40 + ".pack")).symlink_to(secret)
+    status, _, body = request(server, "GET", "/app/objects/pack/pack-" + "a" * 40 + ".pack")
+    assert status == 404 and b"top secret" not in body
