@@ -105,7 +105,7 @@ class GitHandler(tornado.web.RequestHandler):
                    git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
                    receive_pack_limit: int | None = None, gate: Gate | None = None,
                    auth: Any = None, gitlookup: Any = None, gitcommand: str | None = None,
-                   auth_failed: Any = None, **_ignored: Any) -> None:
+                   auth_failed: Any = None) -> None:
         if gate is None:
             if access is None and (auth is not None or gitlookup is not None):
                 access = legacy_access(auth, gitlookup)
