@@ -30,7 +30,10 @@ __all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile
 
 app_log = logging.getLogger("gittornado.application")
 
-_DEPRECATED = ("apr_md5_crypt", "md5_crypt", "ldap_salted_sha1", "ldap_sha1", "hex_sha1")
+#: Accepted so old htpasswd/LDAP/GitTornado files keep working, but one fast
+#: digest (or MD5) per guess: each user with one is warned about at load.
+_DEPRECATED = ("apr_md5_crypt", "md5_crypt", "ldap_salted_sha512", "ldap_salted_sha256",
+               "ldap_salted_sha1", "ldap_sha1", "hex_sha1")
 
 #: Every hash format an access file may hold. The first is what
 #: ``gittornado-passwd`` writes; the deprecated ones verify but are flagged.
@@ -52,9 +55,9 @@ _NAME = re.compile(r"[^\s=:,;#\[\]@*][^\s=:,;#\[\]]*\Z")
 _PATTERN = re.compile(r"[^\s=,;#]+\Z")
 
 
-#: Below these costs a hash of a current scheme still counts as weak (OWASP's
-#: minimums): bcrypt cost 10, sha2-crypt 5000 rounds, argon2 memory x passes
-#: of about 36 MiB (m=19456 KiB with t=2).
+#: Below these costs a hash of a current scheme still counts as weak (after
+#: OWASP's minimums): bcrypt cost 10, sha2-crypt 5000 rounds, argon2 memory
+#: (KiB) times passes of 19456 x 2.
 _MIN_BCRYPT_ROUNDS = 10
 _MIN_SHA_CRYPT_ROUNDS = 5000
 _MIN_ARGON2_WORK = 19456 * 2
@@ -265,7 +268,9 @@ def parse_access_file(text: str) -> Policy:
                 if not sep or not pattern or perm not in _PERMS or not _PATTERN.match(pattern):
                     raise AccessFileError(lineno, f"malformed rule {entry!r} (want repo=r or repo=rw)")
                 if pattern.endswith(".git"):
-                    pattern = pattern[:-4]
+                    pattern = pattern[:-4].rstrip("/")
+                    if not pattern:
+                        raise AccessFileError(lineno, f"malformed rule {entry!r} (no repository)")
                 read, write = _PERMS[perm]
                 policy.rules.append(Rule(key, pattern, read, write, lineno, _glob_regex(pattern)))
     policy.groups = _expand_groups(pending_groups)

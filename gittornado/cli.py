@@ -189,12 +189,6 @@ def check_access_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     user = None if args.user == "-" else args.user
-    if user is not None:
-        if user not in policy.users:
-            print(f"note: {user!r} has no password in [users], so cannot log in over HTTP")
-        elif (weakness := hash_weakness(policy.users[user])) is not None:
-            print(f"note: {user!r} has a weak password hash ({weakness}); "
-                  f"replace it with: gittornado-passwd {args.accessfile} {user}")
     read, write, best = policy.rights(user, repo)
     who = user or "anonymous"
     verdict = "read and write" if write else "read only" if read else "no access"
@@ -206,6 +200,12 @@ def check_access_main(argv: list[str]) -> int:
             print(f"  also matches {rule.describe()}")
     if best is None or not (read or write):
         print("  no rule grants access")
+    if user is not None:
+        if user not in policy.users:
+            print(f"note: {user!r} has no password in [users], so cannot log in over HTTP")
+        elif (weakness := hash_weakness(policy.users[user])) is not None:
+            print(f"note: {user!r} has a weak password hash ({weakness}); "
+                  f"replace it with: gittornado-passwd {args.accessfile} {user}")
     return 0 if read else 3
 
 
@@ -277,17 +277,21 @@ def update_users_section(text: str, user: str, hashed: str | None) -> str:
     if hashed is None:
         raise KeyError(user)
     entry = f"{user} = {hashed}{eol}"
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += eol
     if users_start is None:
         block = [f"[users]{eol}", entry]
-        if first_header is None:
-            if lines and lines[-1].strip():
-                block.insert(0, eol)
-            return "".join(lines + block)
-        return "".join(lines[:first_header] + block + [eol] + lines[first_header:])
-    assert users_last is not None
-    lines.insert(users_last + 1, entry)
+        if first_header is not None:
+            return "".join(lines[:first_header] + block + [eol] + lines[first_header:])
+        at = len(lines)
+    else:
+        assert users_last is not None
+        block = [entry]
+        at = users_last + 1
+    if at == len(lines) and lines:
+        if not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += eol       # appending: the last line needs its end first
+        if users_start is None and lines[-1].strip():
+            block.insert(0, eol)
+    lines[at:at] = block
     return "".join(lines)
 
 
