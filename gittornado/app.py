@@ -18,6 +18,7 @@ from .fallback import FallbackHandler, IndexApp
 from .repos import RepositoryLookup
 from .session import Gate, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
+from .web import make_gate
 
 __all__ = ["routes", "make_app"]
 
@@ -46,6 +47,12 @@ def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> lis
     is a WSGI app (or a Tornado app) for every other URL; None adds no catch-all.
     """
     p = re.escape(_validate_prefix(prefix))
+    if "gate" not in handler_kwargs:
+        # One gate for every route and request (one throttle, one lookup).
+        gate_keys = ("access", "lookup", "gitbase", "throttle", "auth", "gitlookup")
+        handler_kwargs["gate"] = make_gate(**{k: handler_kwargs.pop(k) for k in gate_keys
+                                              if k in handler_kwargs})
+        handler_kwargs.pop("auth_failed", None)
     table = [
         tornado.web.url(p + _INFO_REFS, InfoRefsHandler, handler_kwargs, name="info_refs"),
         tornado.web.url(p + _RPC, RPCHandler, handler_kwargs, name="rpc"),

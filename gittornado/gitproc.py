@@ -16,8 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from tornado.iostream import StreamClosedError
-from tornado.process import Subprocess
+from tornado.iostream import PipeIOStream, StreamClosedError
 
 from .services import Service
 
@@ -110,6 +109,52 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    stdin: PipeIOStream | None
+    stdout: PipeIOStream
+    stderr: PipeIOStream | None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool = True,
+           stderr: bool = True) -> _Child:
+    """Start ``argv`` with async pipes.
+
+    Like ``tornado.process.Subprocess``, but the streams are made only once
+    the process exists: Subprocess wraps the pipes first and, when Popen
+    fails, closes the raw fds under the streams, which close them a second
+    time later, by then another connection's fd. Its ``wait_for_exit`` also
+    needs a SIGCHLD handler on the main thread; ``reap`` does not.
+    """
+    fds: list[int] = []
+    child_ends: dict[str, int] = {}
+    parent_ends: dict[str, int] = {}
+    try:
+        for name, wanted, child_reads in (("stdin", stdin, True), ("stdout", True, False),
+                                          ("stderr", stderr, False)):
+            if wanted:
+                r, w = os.pipe()
+                fds += (r, w)
+                child_ends[name], parent_ends[name] = (r, w) if child_reads else (w, r)
+        proc = subprocess.Popen(
+            argv, stdin=child_ends.get("stdin", subprocess.DEVNULL), stdout=child_ends["stdout"],
+            stderr=child_ends.get("stderr", subprocess.DEVNULL), env=env, cwd=cwd,
+            close_fds=True, start_new_session=True)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in child_ends.values():
+        os.close(fd)
+    streams = {name: PipeIOStream(fd) for name, fd in parent_ends.items()}
+    return _Child(proc, streams.get("stdin"), streams["stdout"], streams.get("stderr"))
+
+
 async def reap(popen: subprocess.Popen) -> int:
     """Wait for ``popen`` to exit without blocking the loop; returns its status.
 
@@ -144,11 +189,7 @@ class GitProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str, op: Operation) -> None:
         self.op = op
-        self._proc = Subprocess(
-            argv, stdin=Subprocess.STREAM, stdout=Subprocess.STREAM,
-            stderr=Subprocess.STREAM, env=env, cwd=cwd, close_fds=True,
-            start_new_session=True,
-        )
+        self._proc = _spawn(argv, env=env, cwd=cwd)
         self._stderr_task = asyncio.ensure_future(self._log_stderr())
         self._exit: int | None = None
         self._finished = False
@@ -274,8 +315,7 @@ async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 102
 
     Returns its stdout; raises ``RuntimeError`` if git fails or says too much.
     """
-    proc = Subprocess(argv, stdin=subprocess.DEVNULL, stdout=Subprocess.STREAM,
-                      stderr=subprocess.DEVNULL, cwd=cwd, close_fds=True)
+    proc = _spawn(argv, env=None, cwd=cwd, stdin=False, stderr=False)
     chunks: list[bytes] = []
     size = 0
     try:

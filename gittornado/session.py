@@ -16,13 +16,14 @@ The pluggable parts are duck-typed so an embedding app can bring its own:
 from __future__ import annotations
 
 import inspect
+import os
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Forbidden, NotFound, TooManyRequests, Unauthorized
-from .repos import Repository, RepositoryLookup, normalize_name
+from .repos import Repository, RepositoryLookup, is_git_dir, normalize_name
 from .services import READ, WRITE
 
 __all__ = [
@@ -172,8 +173,11 @@ class Gate:
         if isinstance(answer, Grant):
             return answer
         read, write = answer
-        user = request.user or (request.credentials.username if request.credentials else None)
-        return Grant(user=user, read=bool(read), write=bool(write))
+        # A bare (read, write) answer never vouched for the user name the client
+        # sent, so that name does not reach hooks or logs; but credentials it
+        # did not refuse were accepted, so asking for them again cannot help.
+        return Grant(user=request.user, read=bool(read), write=bool(write),
+                     ask_credentials=request.user is None and request.credentials is None)
 
     async def _find(self, name: str) -> Repository | None:
         found = await _call(self.lookup, "lookup", name)
@@ -190,7 +194,10 @@ class Gate:
         # Look the repository up whatever the grant says, so the time taken does
         # not tell a reader without rights whether it exists.
         if grant.path is not None:
-            repo: Repository | None = Repository(name, grant.path)
+            # A path chosen by the access object (legacy gitlookup) must still
+            # be a git directory: anything else is as missing as no repository.
+            real = os.path.realpath(grant.path)
+            repo: Repository | None = Repository(name, real) if is_git_dir(real) else None
         else:
             repo = await self._find(grant.real_name or name)
             if repo is not None and grant.real_name:
@@ -200,12 +207,12 @@ class Gate:
             if anonymous and grant.ask_credentials:
                 raise Unauthorized()
             raise NotFound()
-        if repo is None:
-            raise NotFound()
         if request.operation == WRITE and not grant.write:
             if anonymous and grant.ask_credentials:
                 raise Unauthorized()
             raise Forbidden()
+        if repo is None:
+            raise NotFound()
         return Session(user=grant.user, repo=repo, operation=request.operation, env=dict(grant.env))
 
     async def readable(self, names: list[str], request: AccessRequest) -> list[str]:

@@ -19,7 +19,7 @@ from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from .repos import RepositoryLookup, has_encoded_separator
 from .session import AccessRequest, Credentials, Gate, Session, Throttle
 
-__all__ = ["GitHandler", "parse_basic_auth", "NO_CACHE", "legacy_access"]
+__all__ = ["GitHandler", "parse_basic_auth", "NO_CACHE", "legacy_access", "make_gate"]
 
 app_log = logging.getLogger("gittornado.application")
 
@@ -73,14 +73,24 @@ class _LegacyAccess:
             path = await _call(self.gitlookup, "__call__", http)
             if path is None:
                 read = write = False
-        user = request.credentials.username if request.credentials else None
-        return Grant(user=user, read=bool(read), write=bool(write), path=path,
-                     ask_credentials=self.auth is not None)
+        # The original auth() never said who the user is, so no unverified name
+        # from the Authorization header reaches hooks or logs.
+        return Grant(user=None, read=bool(read), write=bool(write), path=path,
+                     ask_credentials=self.auth is not None and request.credentials is None)
 
 
 def legacy_access(auth: Any = None, gitlookup: Any = None) -> _LegacyAccess:
     """An access object from the original GitTornado's ``auth``/``gitlookup`` callables."""
     return _LegacyAccess(auth, gitlookup)
+
+
+def make_gate(access: Any = None, lookup: Any = None, gitbase: str = ".",
+              throttle: Throttle | None = None, auth: Any = None, gitlookup: Any = None) -> Gate:
+    """The gate for handler keyword arguments (the original config-dict keys included)."""
+    if access is None and (auth is not None or gitlookup is not None):
+        access = legacy_access(auth, gitlookup)
+    return Gate(access, lookup if lookup is not None else RepositoryLookup(gitbase),
+                throttle=throttle)
 
 
 class GitHandler(tornado.web.RequestHandler):
@@ -107,10 +117,8 @@ class GitHandler(tornado.web.RequestHandler):
                    auth: Any = None, gitlookup: Any = None, gitcommand: str | None = None,
                    auth_failed: Any = None) -> None:
         if gate is None:
-            if access is None and (auth is not None or gitlookup is not None):
-                access = legacy_access(auth, gitlookup)
-            gate = Gate(access, lookup if lookup is not None else RepositoryLookup(gitbase),
-                        throttle=throttle)
+            gate = make_gate(access=access, lookup=lookup, gitbase=gitbase, throttle=throttle,
+                             auth=auth, gitlookup=gitlookup)
         self.gate = gate
         self.realm = realm
         self.git = gitcommand or git

@@ -537,9 +537,6 @@ async def test_truth_table_ignores_dot_git_and_missing_under_public(table_gate):
     assert await status_of(table_gate, anon("public/nothere")) == 404
 
 
-@pytest.mark.xfail(reason="Gate.decide checks existence before the write right: an anonymous "
-                          "push to a missing repository anonymous may read is 404, "
-                          "SPEC's table says 401 (reported)", strict=False)
 async def test_anonymous_push_to_missing_readable_repo_asks_for_credentials(table_gate):
     assert await status_of(table_gate, AccessRequest("public/nothere", WRITE)) == 401
 
@@ -547,7 +544,7 @@ async def test_anonymous_push_to_missing_readable_repo_asks_for_credentials(tabl
 @pytest.mark.parametrize("credentials", [None, Credentials("alice", "whatever")])
 @pytest.mark.parametrize("repo, op, expected", [
     ("public/lib", READ, 200), ("private", READ, 200), ("nothere", READ, 404),
-    ("public/lib", WRITE, 403), ("private", WRITE, 403), ("nothere", WRITE, 404),
+    ("public/lib", WRITE, 403), ("private", WRITE, 403), ("nothere", WRITE, 403),
 ])
 async def test_no_access_file(readonly_base, credentials, repo, op, expected):
     """OpenAccess: everyone reads, nobody pushes, credentials are ignored (no 401 ever)."""

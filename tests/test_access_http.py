@@ -448,10 +448,6 @@ def test_legacy_auth_and_gitlookup(embedded, gitbase, tmp_path):
     assert request(server, info_refs("missing"))[0] in (401, 404)
 
 
-@pytest.mark.xfail(reason="session.Gate.decide trusts Grant.path without checking it is a git "
-                          "directory; over HTTP git's spawn then fails (500), and tornado's "
-                          "Subprocess double-closes its pipe fds on that path (reported)",
-                   strict=False)
 async def test_legacy_gitlookup_pointing_nowhere_is_404(tmp_path):
     """A ``gitlookup`` returning a path that is not a repository must be a 404, not a 500.
 
