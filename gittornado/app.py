@@ -77,7 +77,8 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
              lookup: Any = None, realm: str = "gittornado", prefix: str = "",
              fallback: Any = None, index: bool = True, throttle: Throttle | bool | None = True,
              git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
-             receive_pack_limit: int | None = None, **settings: Any) -> tornado.web.Application:
+             receive_pack_limit: int | None = None, direct_output: bool = True,
+             **settings: Any) -> tornado.web.Application:
     """Build the gittornado ``Application``.
 
     :arg gitbase: directory holding the repositories (default lookup's root).
@@ -89,6 +90,8 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         (``index=False`` for none: plain 404s).
     :arg throttle: brute-force protection: True (10 failures/minute/address),
         a ``Throttle``, or False/None.
+    :arg direct_output: git writes fetch answers straight to plain-HTTP client
+        sockets (no per-byte work in Python); False relays them through pipes.
     :arg settings: passed to ``tornado.web.Application``.
     """
     if accessfile and access is not None:
@@ -109,7 +112,8 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
             raise ValueError("the index page needs a lookup with names(); pass index=False")
         fallback = IndexApp(gate, repo_lookup.names, prefix=prefix, realm=realm)
     table = routes(prefix, fallback=fallback, gate=gate, realm=realm, git=git,
-                   upload_pack_limit=upload_pack_limit, receive_pack_limit=receive_pack_limit)
+                   upload_pack_limit=upload_pack_limit, receive_pack_limit=receive_pack_limit,
+                   direct_output=direct_output)
     settings.setdefault("log_function", _log_request)
     app = tornado.web.Application(table, **settings)
     app.gate = gate  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tornado.iostream import PipeIOStream, StreamClosedError
 
@@ -113,7 +114,7 @@ class Operation:
 class _Child:
     proc: subprocess.Popen
     stdin: PipeIOStream | None
-    stdout: PipeIOStream
+    stdout: PipeIOStream | None
     stderr: PipeIOStream | None
 
     @property
@@ -121,9 +122,9 @@ class _Child:
         return self.proc.pid
 
 
-def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool = True,
-           stderr: bool = True) -> _Child:
-    """Start ``argv`` with async pipes.
+def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool | int = True,
+           stdout: bool | int = True, stderr: bool = True) -> _Child:
+    """Start ``argv``; each of stdin/stdout is an async pipe (True) or a given fd.
 
     Like ``tornado.process.Subprocess``, but the streams are made only once
     the process exists: Subprocess wraps the pipes first and, when Popen
@@ -134,17 +135,17 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
     fds: list[int] = []
     child_ends: dict[str, int] = {}
     parent_ends: dict[str, int] = {}
+    given = {"stdin": stdin, "stdout": stdout, "stderr": stderr}
     try:
-        for name, wanted, child_reads in (("stdin", stdin, True), ("stdout", True, False),
-                                          ("stderr", stderr, False)):
-            if wanted:
+        for name, child_reads in (("stdin", True), ("stdout", False), ("stderr", False)):
+            if given[name] is True:
                 r, w = os.pipe()
                 fds += (r, w)
                 child_ends[name], parent_ends[name] = (r, w) if child_reads else (w, r)
         proc = subprocess.Popen(
-            argv, stdin=child_ends.get("stdin", subprocess.DEVNULL), stdout=child_ends["stdout"],
-            stderr=child_ends.get("stderr", subprocess.DEVNULL), env=env, cwd=cwd,
-            close_fds=True, start_new_session=True)
+            argv, env=env, cwd=cwd, close_fds=True, start_new_session=True,
+            **{name: child_ends.get(name, subprocess.DEVNULL if value is False else value)
+               for name, value in given.items()})
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -152,7 +153,7 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
     for fd in child_ends.values():
         os.close(fd)
     streams = {name: PipeIOStream(fd) for name, fd in parent_ends.items()}
-    return _Child(proc, streams.get("stdin"), streams["stdout"], streams.get("stderr"))
+    return _Child(proc, streams.get("stdin"), streams.get("stdout"), streams.get("stderr"))
 
 
 async def reap(popen: subprocess.Popen) -> int:
@@ -187,12 +188,17 @@ class GitProcess:
     and always ``await proc.finish()`` (in ``finally``) to reap it.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, op: Operation) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, op: Operation, *,
+                 stdin: bool | int = True, stdout: bool | int = True) -> None:
+        """``stdin``/``stdout``: True for an async pipe, or an fd git uses directly
+        (a spooled request file; the client's socket, see ``smarthttp``)."""
         self.op = op
-        self._proc = _spawn(argv, env=env, cwd=cwd)
+        self._proc = _spawn(argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
         self._stderr_task = asyncio.ensure_future(self._log_stderr())
         self._exit: int | None = None
         self._finished = False
+        #: Counts git's output when it goes to an fd we do not read (None: we read it).
+        self.output_counter: Callable[[], int] | None = None
 
     @property
     def finished(self) -> bool:
@@ -216,11 +222,13 @@ class GitProcess:
         self.op.bytes_in += len(data)
 
     def close_stdin(self) -> None:
-        if not self._proc.stdin.closed():
+        if self._proc.stdin is not None and not self._proc.stdin.closed():
             self._proc.stdin.close()
 
     async def read(self, size: int = CHUNK_SIZE) -> bytes:
         """The next chunk git wrote, or ``b""`` at end of output."""
+        if self._proc.stdout is None:
+            return b""
         try:
             chunk = await self._proc.stdout.read_bytes(size, partial=True)
         except StreamClosedError:
@@ -255,7 +263,7 @@ class GitProcess:
         self.close_stdin()
         drain = kill and self.op.service == "git-receive-pack"
         if kill and not drain:
-            self._proc.stdout.close()
+            self._close_stdout()
         try:
             if not kill:
                 self._exit = await reap(self._proc.proc)
@@ -269,9 +277,11 @@ class GitProcess:
                             raise
                         self.kill(sig)
         finally:
-            self._proc.stdout.close()
+            self._close_stdout()
             await self._stderr_task
             self._proc.stderr.close()
+        if self.output_counter is not None:
+            self.op.bytes_out = self.output_counter()
         op = self.op
         audit_log.info(
             "user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
@@ -281,6 +291,10 @@ class GitProcess:
             self._exit,
         )
         return self._exit
+
+    def _close_stdout(self) -> None:
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     async def _drain_and_reap(self, drain: bool) -> int:
         while drain and await self.read():

@@ -10,11 +10,18 @@ neither a 1 GiB push nor a slow clone client grows the server's memory.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import fcntl
 import logging
 import os
+import socket
+import struct
+import tempfile
+import termios
 import zlib
+from typing import IO
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 import tornado.web
 
 from . import pktline
@@ -33,6 +40,21 @@ app_log = logging.getLogger("gittornado.application")
 _INFLATE_STEP = 256 * 1024
 #: Tornado needs an integer body limit; "unbounded" pushes get this one (8 EiB).
 _UNBOUNDED = 2 ** 63
+
+
+def _socket_bytes_out(sock: socket.socket) -> int:
+    """Bytes this TCP socket has sent: acknowledged (TCP_INFO) plus still queued.
+
+    Counts what git wrote to the client directly, for the audit line; -1 where
+    the kernel does not say (not Linux, not TCP).
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        acked = struct.unpack_from("<Q", info, 120)[0]  # tcpi_bytes_acked
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return acked + queued
+    except (OSError, AttributeError, struct.error):
+        return -1
 
 
 class _ServiceHandler(GitHandler):
@@ -54,7 +76,8 @@ class _ServiceHandler(GitHandler):
             raise BadRequest("malformed Git-Protocol header")
         return value
 
-    def _spawn(self, *, advertise: bool, git_protocol: str | None) -> GitProcess:
+    def _spawn(self, *, advertise: bool, git_protocol: str | None, stdin: bool | int = True,
+               stdout: bool | int = True) -> GitProcess:
         s = self.session
         argv = git_argv(self.service, s.repo.path, advertise=advertise, git=self.git)
         env = git_env(os.environ, user=s.user, repo=s.repo.name, transport="http",
@@ -63,7 +86,7 @@ class _ServiceHandler(GitHandler):
         op = Operation(user=s.user, remote_addr=self.request.remote_ip or "",
                        repo=s.repo.name, service=self.service.name,
                        protocol=protocol_version(git_protocol), transport="http")
-        return GitProcess(argv, env, s.repo.path, op)
+        return GitProcess(argv, env, s.repo.path, op, stdin=stdin, stdout=stdout)
 
     async def _stream_output(self, content_type: str, preamble: bytes = b"") -> None:
         """Copy git's stdout to the client; status and headers wait for git's first bytes.
@@ -177,7 +200,16 @@ class RPCHandler(_ServiceHandler):
         self.request.connection.set_max_body_size(raw_limit)
         self._inflated = 0
         self._git_reading = True
-        self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
+        self._git_protocol_value = git_protocol
+        if self.service.right == READ:
+            # A fetch request is small and git answers only once it has all of
+            # it: spool it (checked whole before git starts), and git can then
+            # write its answer straight to the client (see _answer_directly).
+            self._spool: IO[bytes] | None = tempfile.TemporaryFile(prefix="gittornado-")
+        else:
+            # A push streams into git as it arrives: it may be gigabytes.
+            self._spool = None
+            self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
 
     async def data_received(self, chunk: bytes) -> None:
         # Never raise from here: Tornado would log it as an uncaught exception.
@@ -208,7 +240,9 @@ class RPCHandler(_ServiceHandler):
         if self._limit is not None and self._inflated > self._limit:
             raise PayloadTooLarge(f"{self.service.name} request larger than {self._limit} bytes")
         self._parser.feed(data)
-        if self._git_reading:
+        if self._spool is not None:
+            self._spool.write(data)
+        elif self._git_reading:
             try:
                 await self.proc.write(data)
             except BrokenPipeError:
@@ -232,8 +266,61 @@ class RPCHandler(_ServiceHandler):
         if self._parser.pending:
             self._fail(BadRequest("request body ends inside a pkt-line"))
             return
-        self.proc.close_stdin()
+        if self._spool is None:
+            self.proc.close_stdin()
+            await self._stream_output(self.service.result_type)
+            return
+        with self._spool as spool:
+            spool.flush()
+            spool.seek(0)
+            stream = self.request.connection.stream if self.direct_output else None
+            if type(stream) is IOStream and hasattr(self.request.connection, "detach"):
+                await self._answer_directly(spool.fileno())
+                return
+            self.proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value,
+                                    stdin=spool.fileno())
+            self.proc.op.bytes_in = self._inflated
         await self._stream_output(self.service.result_type)
+
+    async def _answer_directly(self, request_fd: int) -> None:
+        """Let git write the fetch answer straight into the client's socket.
+
+        A pack is the one big thing a git server sends; relaying it through
+        Python costs about 0.6 s of CPU per 300 MiB here, which on a busy box
+        is 10-15% of the clone's time. So the status and headers go out
+        first, the connection is detached from Tornado, and git gets the
+        socket as its stdout: the kernel does the backpressure, the body ends
+        when git exits and the connection closes (``Connection: close``, a
+        close-delimited HTTP/1.1 body). TLS connections keep the pipe path.
+        Needs git >= 2.11, whose writes wait on a non-blocking socket.
+        """
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+            "Server: gittornado\r\n"
+            f"Content-Type: {self.service.result_type}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in NO_CACHE.items())
+            + "Connection: close\r\n\r\n"
+        ).encode("latin-1")
+        stream = self.detach()
+        try:
+            await stream.write(head)
+            sock = stream.socket
+            start = _socket_bytes_out(sock)
+            self.proc = proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value,
+                                           stdin=request_fd, stdout=sock.fileno())
+            proc.op.bytes_in = self._inflated
+            proc.output_counter = lambda: max(0, _socket_bytes_out(sock) - start)
+            status = await proc.finish()
+            if status != 0 and proc.op.bytes_out == 0:
+                sock.sendall(pktline.error_line(
+                    f"{self.service.name} failed on the server (see its log)"))
+        except (StreamClosedError, OSError):
+            if self.proc is not None:
+                await self.proc.finish(kill=True)
+        finally:
+            stream.close()
+            self.application.log_request(self)
 
     def _may_kill_on_close(self) -> bool:
         # A push whose body arrived whole is let finish: killing receive-pack

@@ -105,6 +105,8 @@ class GitHandler(tornado.web.RequestHandler):
     :arg git: the git executable.
     :arg upload_pack_limit: cap on an inflated upload-pack request (413 beyond).
     :arg receive_pack_limit: cap on a push body, None for unbounded.
+    :arg direct_output: let git write fetch answers straight to plain-HTTP
+        sockets (default; see ``RPCHandler._answer_directly``).
     :arg auth, gitlookup, gitcommand: the original GitTornado's config keys, still honoured.
     """
 
@@ -115,7 +117,7 @@ class GitHandler(tornado.web.RequestHandler):
                    git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
                    receive_pack_limit: int | None = None, gate: Gate | None = None,
                    auth: Any = None, gitlookup: Any = None, gitcommand: str | None = None,
-                   auth_failed: Any = None) -> None:
+                   auth_failed: Any = None, direct_output: bool = True) -> None:
         if gate is None:
             gate = make_gate(access=access, lookup=lookup, gitbase=gitbase, throttle=throttle,
                              auth=auth, gitlookup=gitlookup)
@@ -124,6 +126,7 @@ class GitHandler(tornado.web.RequestHandler):
         self.git = gitcommand or git
         self.upload_pack_limit = upload_pack_limit
         self.receive_pack_limit = receive_pack_limit
+        self.direct_output = direct_output
 
     # -- requests -> the gate ------------------------------------------------------
     async def decide(self, repo: str, operation: str) -> Session:

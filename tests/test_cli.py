@@ -103,3 +103,28 @@ def test_server_py_example_runs(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.make_app(str(tmp_path)) is not None
+
+
+def test_https_with_certfile(gitbase, tmp_path):
+    """--certfile/--keyfile serve HTTPS (fetch answers then go through pipes, not the socket)."""
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    proc = subprocess.Popen(["gittornado", "--address", "127.0.0.1", "--port", "0", "--certfile", str(cert),
+                             "--keyfile", str(key)], cwd=gitbase, stderr=subprocess.PIPE, text=True)
+
+    def port():
+        line = proc.stderr.readline()
+        m = re.search(r"serving .* on https://127\.0\.0\.1:(\d+)/", line)
+        return m and int(m.group(1))
+
+    try:
+        port = wait_for(port, message="the server's 'serving' line")
+        git("-c", "http.sslVerify=false", "clone", "-q", f"https://127.0.0.1:{port}/app", str(tmp_path / "c"))
+        assert rev(tmp_path / "c", "HEAD") == rev(gitbase / "app.git", "main")
+    finally:
+        assert stop(proc) == 0

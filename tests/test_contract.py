@@ -230,6 +230,19 @@ class TestSmartHTTPv2(SmartHTTP):
     protocol = 2
 
 
+class TestSmartHTTPv2Piped(SmartHTTP):
+    """Fetch answers relayed through pipes (the TLS path) instead of written to the socket by git."""
+
+    protocol = 2
+
+    @pytest.fixture(autouse=True)
+    def _server(self, serve, gitbase, tmp_path):
+        self.gitbase = gitbase
+        self.tmp = tmp_path
+        self.server = serve(access=AllowAll(), direct_output=False)
+        self.readonly = serve(direct_output=False)
+
+
 class TestDumbHTTP(ContractTests):
     """``GIT_SMART_HTTP=0``: what a client without smart HTTP can do (read only)."""
 

@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from gittornado import pktline
-from conftest import AllowAll, git, rev
+from conftest import AllowAll, git, git_processes, rev, wait_for
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 RECEIVE_REQ = "application/x-git-receive-pack-request"
@@ -337,3 +337,55 @@ def test_dumb_symlinked_file_out_of_the_repository_is_404(server, gitbase, tmp_p
     (pack_dir / ("pack-" + "a" * 40 + ".pack")).symlink_to(secret)
     status, _, body = request(server, "GET", "/app/objects/pack/pack-" + "a" * 40 + ".pack")
     assert status == 404 and b"top secret" not in body
+
+
+# -- fetch answers written by git straight to the socket --------------------------------------
+
+def _big_repo(gitbase, tmp_path, mib=8):
+    work = tmp_path / "big"
+    git("clone", "-q", str(gitbase / "app.git"), str(work))
+    (work / "big.bin").write_bytes(os.urandom(mib * 1024 * 1024))
+    git("add", "big.bin", cwd=work)
+    git("commit", "-qm", "big", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    return rev(work, "HEAD")
+
+
+def _fetch_request(oid):
+    return (pktline.encode(b"command=fetch\n") + pktline.DELIM + pktline.encode(b"no-progress\n")
+            + pktline.encode(f"want {oid}\n".encode()) + pktline.encode(b"done\n") + pktline.FLUSH)
+
+
+def test_direct_answer_is_close_delimited_and_audited(server, gitbase, tmp_path, log_watch):
+    oid = _big_repo(gitbase, tmp_path, mib=2)
+    status, headers, body = _ls_refs(server, _fetch_request(oid))
+    assert status == 200 and headers["Connection"] == "close"
+    assert headers["Content-Type"] == "application/x-git-upload-pack-result"
+    assert "Content-Length" not in headers and "Transfer-Encoding" not in headers
+    assert b"packfile\n" in body and len(body) > 2 * 1024 * 1024
+    audit = [r.getMessage() for r in log_watch.records if r.name == "gittornado.audit"][-1]
+    out = int(re.search(r" out=(\d+)", audit).group(1))
+    assert abs(out - len(body)) < 1024, (out, len(body))
+    assert re.search(r" in=(\d+)", audit).group(1) == str(len(_fetch_request(oid)))
+
+
+def test_direct_answer_git_failure_is_an_err_line(server, gitbase):
+    git("config", "core.repositoryformatversion", "99", cwd=gitbase / "app.git")
+    status, _, body = _ls_refs(server, LS_REFS_V2)
+    assert status == 200 and b"ERR git-upload-pack failed on the server" in body
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_client_vanishing_mid_clone_leaves_no_git_behind(serve, gitbase, tmp_path, direct):
+    server = serve(direct_output=direct)
+    oid = _big_repo(gitbase, tmp_path, mib=24)
+    body = _fetch_request(oid)
+    import socket as socketlib
+    with socketlib.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096)
+        sock.sendall(f"POST /app/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {UPLOAD_REQ}\r\n"
+                     f"Git-Protocol: version=2\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        # git is now blocked on a client that stopped reading
+        wait_for(lambda: git_processes(str(gitbase / "app.git")), message="upload-pack running")
+    wait_for(lambda: not git_processes(str(gitbase / "app.git")), message="upload-pack to exit")
