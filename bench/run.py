@@ -646,9 +646,6 @@ def pf(ok: bool) -> str:
 
 def run_clones(env: Env, args: argparse.Namespace, tmp: str, rows: list[Row], raw: dict) -> None:
     repo = ensure_repo(env, args.size_mib, args.commits, args.regen)
-    repos_dir = os.path.dirname(repo)
-    name = os.path.basename(repo)
-    head = env.out("--git-dir", repo, "rev-parse", "refs/heads/main")
     nobj = env.out("--git-dir", repo, "count-objects", "-v")
     raw["repo"] = {"path": os.path.relpath(repo, ROOT_DIR), "pack_mib": round(pack_bytes(repo) / MiB, 1),
                    "commits": int(env.out("--git-dir", repo, "rev-list", "--count", "--all")),

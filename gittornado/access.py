@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from passlib.context import CryptContext
 
-from .services import READ, WRITE
 from .session import AccessRequest, BadCredentials, Grant
 
 __all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile",
@@ -438,7 +437,3 @@ class AccessFile:
         self.maybe_reload()
         read, write, _ = self.policy.rights(user, repo)
         return read, write, self.policy.matching_rules(user, repo)
-
-
-def operation_allowed(read: bool, write: bool, operation: str) -> bool:
-    return write if operation == WRITE else read if operation == READ else False

@@ -65,7 +65,9 @@ def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> lis
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
-    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    # 401 is how every authenticated git session starts (git asks without a password first).
+    log = access_log.info if status < 400 or status == 401 else \
+        access_log.warning if status < 500 else access_log.error
     session = getattr(handler, "session", None)
     user = getattr(session, "user", None) or "-"
     req = handler.request

@@ -19,9 +19,10 @@ from typing import Callable
 
 from tornado.iostream import PipeIOStream, StreamClosedError
 
-from .services import Service
+from .services import Service, protocol_version
+from .session import Session
 
-__all__ = ["GitProcess", "git_argv", "git_env", "GIT_OPTIONS", "CHUNK_SIZE"]
+__all__ = ["GitProcess", "start_service", "git_argv", "git_env", "GIT_OPTIONS", "CHUNK_SIZE"]
 
 app_log = logging.getLogger("gittornado.application")
 audit_log = logging.getLogger("gittornado.audit")
@@ -349,3 +350,18 @@ async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 102
     if status != 0:
         raise RuntimeError(f"{' '.join(argv[1:3])} exited with status {status}")
     return b"".join(chunks)
+
+
+def start_service(session: Session, service: Service, *, transport: str, remote_addr: str,
+                  git_protocol: str | None = None, advertise: bool = False,
+                  stateless: bool = True, stdin: bool | int = True, stdout: bool | int = True,
+                  git: str = "git") -> GitProcess:
+    """Run ``service`` for a decided session: the one way every transport starts git."""
+    repo = session.repo
+    argv = git_argv(service, repo.path, stateless=stateless, advertise=advertise, git=git)
+    env = git_env(os.environ, user=session.user, repo=repo.name, transport=transport,
+                  remote_addr=remote_addr, git_protocol=git_protocol, extra=session.env)
+    op = Operation(user=session.user, remote_addr=remote_addr, repo=repo.name,
+                   service=service.name, protocol=protocol_version(git_protocol),
+                   transport=transport)
+    return GitProcess(argv, env, repo.path, op, stdin=stdin, stdout=stdout)

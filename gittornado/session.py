@@ -140,7 +140,11 @@ class Throttle:
             self._failures.pop(next(iter(self._failures)))
 
 
-async def _call(obj: Any, method: str, *args: Any) -> Any:
+async def call_hook(obj: Any, method: str, *args: Any) -> Any:
+    """``obj.method(*args)``, or ``obj(*args)`` if it has no such method; awaited if async.
+
+    How every pluggable part (access, lookup, legacy callables) is called.
+    """
     fn = getattr(obj, method, None) or obj
     result = fn(*args)
     if inspect.isawaitable(result):
@@ -164,7 +168,7 @@ class Gate:
             if wait is not None:
                 raise TooManyRequests(wait)
         try:
-            answer = await _call(self.access, "check", request)
+            answer = await call_hook(self.access, "check", request)
         except BadCredentials:
             if self.throttle is not None and self.throttle.failure(addr):
                 app_log.warning("too many failed logins from %s: refusing logins for %ds",
@@ -180,7 +184,7 @@ class Gate:
                      ask_credentials=request.user is None and request.credentials is None)
 
     async def _find(self, name: str) -> Repository | None:
-        found = await _call(self.lookup, "lookup", name)
+        found = await call_hook(self.lookup, "lookup", name)
         if found is None or isinstance(found, Repository):
             return found
         return Repository(name, str(found))

@@ -13,7 +13,6 @@ import asyncio
 import email.utils
 import fcntl
 import logging
-import os
 import socket
 import struct
 import tempfile
@@ -27,7 +26,7 @@ import tornado.web
 from . import pktline
 from .dumbhttp import send_info_refs
 from .errors import BadRequest, GitAccessError, PayloadTooLarge
-from .gitproc import CHUNK_SIZE, GitProcess, Operation, git_argv, git_env
+from .gitproc import CHUNK_SIZE, GitProcess, start_service
 from .services import READ, Service, protocol_version, service_for, valid_git_protocol
 from .session import Session
 from .web import NO_CACHE, GitHandler
@@ -78,15 +77,9 @@ class _ServiceHandler(GitHandler):
 
     def _spawn(self, *, advertise: bool, git_protocol: str | None, stdin: bool | int = True,
                stdout: bool | int = True) -> GitProcess:
-        s = self.session
-        argv = git_argv(self.service, s.repo.path, advertise=advertise, git=self.git)
-        env = git_env(os.environ, user=s.user, repo=s.repo.name, transport="http",
-                      remote_addr=self.request.remote_ip or "", git_protocol=git_protocol,
-                      extra=s.env)
-        op = Operation(user=s.user, remote_addr=self.request.remote_ip or "",
-                       repo=s.repo.name, service=self.service.name,
-                       protocol=protocol_version(git_protocol), transport="http")
-        return GitProcess(argv, env, s.repo.path, op, stdin=stdin, stdout=stdout)
+        return start_service(self.session, self.service, transport="http",
+                             remote_addr=self.request.remote_ip or "", git_protocol=git_protocol,
+                             advertise=advertise, stdin=stdin, stdout=stdout, git=self.git)
 
     async def _stream_output(self, content_type: str, preamble: bytes = b"") -> None:
         """Copy git's stdout to the client; status and headers wait for git's first bytes.

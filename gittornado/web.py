@@ -17,7 +17,7 @@ import tornado.web
 
 from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from .repos import RepositoryLookup, has_encoded_separator
-from .session import AccessRequest, Credentials, Gate, Session, Throttle
+from .session import AccessRequest, Credentials, Gate, Grant, Session, Throttle, call_hook
 
 __all__ = ["GitHandler", "parse_basic_auth", "NO_CACHE", "legacy_access", "make_gate"]
 
@@ -65,12 +65,11 @@ class _LegacyAccess:
         self.auth, self.gitlookup = auth, gitlookup
 
     async def check(self, request: AccessRequest):
-        from .session import Grant, _call  # local: adapter only
         http = request.native_request
-        read, write = (True, False) if self.auth is None else await _call(self.auth, "__call__", http)
+        read, write = (True, False) if self.auth is None else await call_hook(self.auth, "__call__", http)
         path = None
         if self.gitlookup is not None:
-            path = await _call(self.gitlookup, "__call__", http)
+            path = await call_hook(self.gitlookup, "__call__", http)
             if path is None:
                 read = write = False
         # The original auth() never said who the user is, so no unverified name
