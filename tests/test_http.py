@@ -389,3 +389,21 @@ def test_client_vanishing_mid_clone_leaves_no_git_behind(serve, gitbase, tmp_pat
         # git is now blocked on a client that stopped reading
         wait_for(lambda: git_processes(str(gitbase / "app.git")), message="upload-pack running")
     wait_for(lambda: not git_processes(str(gitbase / "app.git")), message="upload-pack to exit")
+
+
+def test_wsgi_fallback_runs_off_the_event_loop(serve, gitbase):
+    import threading
+
+    seen = {}
+
+    def wsgi_app(environ, start_response):
+        seen["thread"] = threading.current_thread().name
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"web ui at " + environ["PATH_INFO"].encode()]
+
+    server = serve(fallback=wsgi_app)
+    status, _, body = request(server, "GET", "/some/page")
+    assert (status, body) == (200, b"web ui at /some/page")
+    assert seen["thread"].startswith("gittornado-wsgi")
+    assert request(server, "GET", "/app/info/refs?service=git-upload-pack")[0] == 200
+    git("ls-remote", f"{server.url}/app")
