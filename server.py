@@ -27,6 +27,21 @@ class Access:
         return gittornado.Grant(user=None, read=True, write=False)  # anonymous: read only
 
 
+def legacy_config(gitbase: str) -> dict:
+    """The original GitTornado's config dict works unchanged:
+    auth(request) -> (read, write) and gitlookup(request) -> path on disk or None."""
+    repos = gittornado.RepositoryLookup(gitbase)
+
+    def auth(request):
+        return True, False  # everyone reads, nobody pushes
+
+    def gitlookup(request):  # /legacy/<name>/...
+        repo = repos.lookup(request.path.split("/")[2])
+        return repo.path if repo else None
+
+    return {"auth": auth, "gitlookup": gitlookup, "gitcommand": "git"}
+
+
 class StatusHandler(tornado.web.RequestHandler):
     def get(self):
         self.write({"status": "ok"})
@@ -34,11 +49,16 @@ class StatusHandler(tornado.web.RequestHandler):
 
 def make_app(gitbase: str) -> tornado.web.Application:
     # The same keyword arguments drop into any URLSpec using InfoRefsHandler,
-    # RPCHandler and FileHandler directly. The original GitTornado's config
-    # dict also works: {"auth": auth(request) -> (read, write), "gitlookup": ...}.
+    # RPCHandler and FileHandler directly, as the original GitTornado's did.
     git_routes = gittornado.routes(access=Access(), gitbase=gitbase, realm="example")
+    conf = legacy_config(gitbase)
+    legacy_routes = [
+        (r"/legacy/(?P<repo>[^/]+)/info/refs", gittornado.InfoRefsHandler, conf),
+        (r"/legacy/(?P<repo>[^/]+)/(?P<service>git-[a-z-]+)", gittornado.RPCHandler, conf),
+    ]
     return tornado.web.Application(
         [(r"/status", StatusHandler)]
+        + legacy_routes
         + git_routes
         + [(r".*", gittornado.FallbackHandler, {"fallback": hello_wsgi})]
     )

@@ -96,13 +96,32 @@ def _ppid(pid: str) -> int:
         return -1
 
 
-def test_server_py_example_runs(tmp_path):
+def test_server_py_example_serves(gitbase, tmp_path):
     import importlib.util
+    import urllib.request
 
-    spec = importlib.util.spec_from_file_location("example_server", os.path.join(os.path.dirname(__file__), "..", "server.py"))
+    from conftest import ServerThread
+
+    path = os.path.join(os.path.dirname(__file__), "..", "server.py")
+    spec = importlib.util.spec_from_file_location("example_server", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.make_app(str(tmp_path)) is not None
+    server = ServerThread(module.make_app(str(gitbase)))
+    try:
+        git("ls-remote", f"{server.url}/app")                # the access-object routes
+        git("ls-remote", f"{server.url}/legacy/app")         # the legacy config dict
+        with urllib.request.urlopen(f"{server.url}/status") as resp:
+            assert resp.read() == b'{"status": "ok"}'
+        with urllib.request.urlopen(f"{server.url}/anything") as resp:
+            assert resp.read().startswith(b"Your web UI here")
+        work = tmp_path / "w"
+        git("clone", "-q", f"{server.url}/app", str(work))
+        denied = git("push", f"{server.url}/app", "HEAD:refs/heads/x", cwd=work, check=False)
+        assert denied.returncode != 0
+        git("push", "-q", f"http://me:secret@127.0.0.1:{server.port}/app", "HEAD:refs/heads/x", cwd=work)
+        assert rev(gitbase / "app.git", "x") == rev(work, "HEAD")
+    finally:
+        server.stop()
 
 
 def test_https_with_certfile(gitbase, tmp_path):
