@@ -42,8 +42,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="cap on an inflated fetch request (default 64 MiB; larger: 413)")
     p.add_argument("--max-push-size", type=int, default=None, metavar="BYTES",
                    help="cap on a push body (default unbounded)")
-    p.add_argument("--no-throttle", action="store_true",
-                   help="do not block addresses after repeated wrong passwords")
+    p.add_argument("--login-failures", type=int, default=10, metavar="N",
+                   help="wrong passwords from one address within a minute before it gets 429 "
+                        "(default 10; 0 disables)")
+    p.add_argument("--login-block", type=float, default=60.0, metavar="SECONDS",
+                   help="how long such an address is refused (default 60)")
+    p.add_argument("--no-throttle", action="store_true", help="same as --login-failures 0")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error", "critical"])
     return p
@@ -107,6 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     import tornado.process
 
     from .app import make_app
+    from .session import Throttle
 
     if bool(args.certfile) != bool(args.keyfile):
         print("gittornado: --certfile and --keyfile go together", file=sys.stderr)
@@ -129,8 +134,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         try:
+            throttle = None
+            if args.login_failures > 0 and not args.no_throttle:
+                throttle = Throttle(limit=args.login_failures, block=args.login_block)
             app = make_app(args.gitbase, accessfile=args.accessfile, realm=args.realm,
-                           prefix=args.prefix, throttle=not args.no_throttle,
+                           prefix=args.prefix, throttle=throttle,
                            upload_pack_limit=args.max_upload_pack_request,
                            receive_pack_limit=args.max_push_size)
         except ValueError as exc:

@@ -138,6 +138,8 @@ class _ServiceHandler(GitHandler):
 class InfoRefsHandler(_ServiceHandler):
     """``GET <repo>/info/refs?service=git-X``; without ``service`` the dumb file."""
 
+    ALLOWED = ("GET",)
+
     async def get(self, repo: str) -> None:
         service = self.get_query_argument("service", None)
         if service is None:

@@ -147,3 +147,33 @@ def test_https_with_certfile(gitbase, tmp_path):
         assert rev(tmp_path / "c", "HEAD") == rev(gitbase / "app.git", "main")
     finally:
         assert stop(proc) == 0
+
+
+def test_login_throttle_options(gitbase, tmp_path):
+    import base64
+    import http.client
+
+    from passlib.hash import bcrypt
+
+    access = tmp_path / "access.ini"
+    access.write_text(f"[users]\nalice = {bcrypt.using(rounds=4).hash('pw')}\n[access]\nalice = **=rw\n")
+    proc, port = start(["--accessfile", str(access), "--login-failures", "2", "--login-block", "30"],
+                       cwd=gitbase)
+    try:
+        def status(password):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            token = base64.b64encode(f"alice:{password}".encode()).decode()
+            conn.request("GET", "/app/info/refs?service=git-upload-pack",
+                         headers={"Authorization": f"Basic {token}"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return resp.status, resp.headers.get("Retry-After")
+
+        assert status("pw") == (200, None)
+        assert status("wrong")[0] == 401
+        assert status("wrong")[0] == 401
+        code, retry = status("pw")
+        assert code == 429 and 0 < int(retry) <= 30
+    finally:
+        assert stop(proc) == 0
