@@ -68,13 +68,13 @@ class IndexApp:
         self.gate, self.names, self.prefix = gate, names, prefix.rstrip("/")
         self.realm, self.title = realm, title
 
-    async def _readable(self, environ: dict) -> list[str]:
+    async def _readable(self, environ: dict, names: list[str]) -> list[str]:
         request = AccessRequest(
             repo="", operation=READ,
             credentials=parse_basic_auth(environ.get("HTTP_AUTHORIZATION")),
             remote_addr=environ.get("REMOTE_ADDR", ""), transport="http",
         )
-        return await self.gate.readable(list(self.names()), request)
+        return await self.gate.readable(names, request)
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -82,7 +82,9 @@ class IndexApp:
             return self._answer(start_response, "404 Not Found", "not found\n", "text/plain")
         loop = environ.get(_LOOP_KEY)
         try:
-            coro = self._readable(environ)
+            # Walking the directory tree happens here, in the WSGI thread pool;
+            # only the access decisions run on the event loop.
+            coro = self._readable(environ, list(self.names()))
             if loop is None:
                 names = asyncio.run(coro)
             else:
