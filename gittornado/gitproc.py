@@ -238,10 +238,10 @@ class GitProcess:
         return chunk
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
-        """Signal git and everything it started (pack-objects, index-pack, hooks).
+        """Signal git's whole process group (pack-objects, index-pack, hooks).
 
-        SIGTERM first: git's signal handlers then remove a push's quarantine
-        directory, so an interrupted push leaves nothing behind at all.
+        The last resort of ``finish(kill=True)``: closing git's input first is
+        what lets a push clean up its quarantine.
         """
         if self._exit is None and self._proc.proc.poll() is None:
             try:
@@ -279,7 +279,12 @@ class GitProcess:
                         self.kill(sig)
         finally:
             self._close_stdout()
-            await self._stderr_task
+            try:
+                # A hook's background child may hold stderr open long after git
+                # exited: log what came, but do not wait for it.
+                await asyncio.wait_for(self._stderr_task, 5.0)
+            except asyncio.TimeoutError:
+                pass
             self._proc.stderr.close()
         if self.output_counter is not None:
             self.op.bytes_out = self.output_counter()
