@@ -15,6 +15,7 @@ from typing import Any
 
 import tornado.web
 
+from . import pktline
 from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from .repos import RepositoryLookup, has_encoded_separator
 from .session import AccessRequest, Credentials, Gate, Grant, Session, Throttle, call_hook
@@ -145,8 +146,9 @@ class GitHandler(tornado.web.RequestHandler):
         if self._finished:
             return
         if self._headers_written:
+            # Too late for a status: git reads this as "remote error: ...".
             app_log.warning("%s after the response started: %s", type(exc).__name__, exc)
-            self.finish()
+            self.finish(pktline.error_line(str(exc)))
             return
         self.clear()
         self.set_status(exc.status)
