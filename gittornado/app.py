@@ -80,6 +80,7 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
              fallback: Any = None, index: bool = True, throttle: Throttle | bool | None = True,
              git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
              receive_pack_limit: int | None = None, direct_output: bool = True,
+             body_idle_timeout: float | None = 600.0,
              **settings: Any) -> tornado.web.Application:
     """Build the gittornado ``Application``.
 
@@ -94,6 +95,8 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         a ``Throttle``, or False/None.
     :arg direct_output: git writes fetch answers straight to plain-HTTP client
         sockets (no per-byte work in Python); False relays them through pipes.
+    :arg body_idle_timeout: seconds a request body may stall before the connection
+        is dropped and git stopped (default 600; None: never).
     :arg settings: passed to ``tornado.web.Application``.
     """
     if accessfile and access is not None:
@@ -115,7 +118,7 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         fallback = IndexApp(gate, repo_lookup.names, prefix=prefix, realm=realm)
     table = routes(prefix, fallback=fallback, gate=gate, realm=realm, git=git,
                    upload_pack_limit=upload_pack_limit, receive_pack_limit=receive_pack_limit,
-                   direct_output=direct_output)
+                   direct_output=direct_output, body_idle_timeout=body_idle_timeout)
     settings.setdefault("log_function", _log_request)
     app = tornado.web.Application(table, **settings)
     app.gate = gate  # type: ignore[attr-defined]

@@ -42,6 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="cap on an inflated fetch request (default 64 MiB; larger: 413)")
     p.add_argument("--max-push-size", type=int, default=None, metavar="BYTES",
                    help="cap on a push body (default unbounded)")
+    p.add_argument("--body-idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="drop a request whose body stalls this long (default 600; 0: never)")
     p.add_argument("--login-failures", type=int, default=10, metavar="N",
                    help="wrong passwords from one address within a minute before it gets 429 "
                         "(default 10; 0 disables)")
@@ -140,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
             app = make_app(args.gitbase, accessfile=args.accessfile, realm=args.realm,
                            prefix=args.prefix, throttle=throttle,
                            upload_pack_limit=args.max_upload_pack_request,
-                           receive_pack_limit=args.max_push_size)
+                           receive_pack_limit=args.max_push_size,
+                           body_idle_timeout=args.body_idle_timeout or None)
         except ValueError as exc:
             log.error("%s", exc)
             raise SystemExit(2)

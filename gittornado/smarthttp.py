@@ -130,6 +130,9 @@ class _ServiceHandler(GitHandler):
 
     def on_finish(self) -> None:
         # Safety net: a request that ended on any path never leaves git behind.
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.cancel()
         proc = self.proc
         if proc is not None and not proc.finished:
             asyncio.ensure_future(proc.finish(kill=True))
@@ -196,6 +199,9 @@ class RPCHandler(_ServiceHandler):
         self._inflated = 0
         self._git_reading = True
         self._git_protocol_value = git_protocol
+        self._watchdog: asyncio.Task | None = None
+        if self.body_idle_timeout:
+            self._watchdog = asyncio.ensure_future(self._watch_body(self.body_idle_timeout))
         if self.service.right == READ:
             # A fetch request is small and git answers only once it has all of
             # it: spool it (checked whole before git starts), and git can then
@@ -206,8 +212,31 @@ class RPCHandler(_ServiceHandler):
             self._spool = None
             self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
 
+    async def _watch_body(self, timeout: float) -> None:
+        """Hang up on a client whose body stops arriving for ``timeout`` seconds.
+
+        Otherwise a stalled push holds its connection and a receive-pack
+        forever. git never pauses that long mid-body (a fetch request is tiny;
+        a push body is pack-objects' output as it is made).
+        """
+        loop = asyncio.get_running_loop()
+        self._last_data = loop.time()
+        while not self._body_done:
+            idle = loop.time() - self._last_data
+            if idle >= timeout:
+                app_log.warning("%s %s: no request data for %.0fs, hanging up",
+                                self.service.name, self.request.path, idle)
+                self._failed = True
+                if self.proc is not None:
+                    await self.proc.finish(kill=True)
+                self.request.connection.close()
+                return
+            await asyncio.sleep(timeout - idle)
+
     async def data_received(self, chunk: bytes) -> None:
         # Never raise from here: Tornado would log it as an uncaught exception.
+        if self._watchdog is not None:
+            self._last_data = asyncio.get_running_loop().time()
         if self._failed:
             return
         try:
@@ -253,6 +282,8 @@ class RPCHandler(_ServiceHandler):
 
     async def post(self, repo: str, service: str) -> None:
         self._body_done = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._failed and self._finished:
             return
         if self._inflater is not None and not self._inflater.eof:

@@ -107,6 +107,8 @@ class GitHandler(tornado.web.RequestHandler):
     :arg receive_pack_limit: cap on a push body, None for unbounded.
     :arg direct_output: let git write fetch answers straight to plain-HTTP
         sockets (default; see ``RPCHandler._answer_directly``).
+    :arg body_idle_timeout: seconds a request body may stall before the
+        connection is dropped and git stopped (None: never).
     :arg auth, gitlookup, gitcommand: the original GitTornado's config keys, still honoured.
     """
 
@@ -117,7 +119,8 @@ class GitHandler(tornado.web.RequestHandler):
                    git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
                    receive_pack_limit: int | None = None, gate: Gate | None = None,
                    auth: Any = None, gitlookup: Any = None, gitcommand: str | None = None,
-                   auth_failed: Any = None, direct_output: bool = True) -> None:
+                   auth_failed: Any = None, direct_output: bool = True,
+                   body_idle_timeout: float | None = 600.0) -> None:
         if gate is None:
             gate = make_gate(access=access, lookup=lookup, gitbase=gitbase, throttle=throttle,
                              auth=auth, gitlookup=gitlookup)
@@ -127,6 +130,7 @@ class GitHandler(tornado.web.RequestHandler):
         self.upload_pack_limit = upload_pack_limit
         self.receive_pack_limit = receive_pack_limit
         self.direct_output = direct_output
+        self.body_idle_timeout = body_idle_timeout
 
     # -- requests -> the gate ------------------------------------------------------
     async def decide(self, repo: str, operation: str) -> Session:

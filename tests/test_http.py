@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from gittornado import pktline
-from conftest import AllowAll, git, git_processes, rev, wait_for
+from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 RECEIVE_REQ = "application/x-git-receive-pack-request"
@@ -407,3 +407,25 @@ def test_wsgi_fallback_runs_off_the_event_loop(serve, gitbase):
     assert seen["thread"].startswith("gittornado-wsgi")
     assert request(server, "GET", "/app/info/refs?service=git-upload-pack")[0] == 200
     git("ls-remote", f"{server.url}/app")
+
+
+def test_stalled_push_body_is_dropped_and_changes_nothing(serve, gitbase, log_watch):
+    from test_contract import _partial_pack
+
+    server = serve(access=AllowAll(), body_idle_timeout=0.5)
+    upstream = gitbase / "app.git"
+    before = refs(upstream)
+    old = rev(upstream, "main")
+    commands = pktline.encode(f"{old} {'1' * 40} refs/heads/main\0report-status\n".encode()) + pktline.FLUSH
+    import socket as socketlib
+    with socketlib.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(f"POST /app/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {RECEIVE_REQ}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        body = commands + _partial_pack()
+        sock.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+        sock.settimeout(20)
+        assert sock.recv(1024) == b""  # the server hung up on the stalled body
+    wait_for(lambda: not git_processes(str(upstream)), message="receive-pack to exit")
+    assert refs(upstream) == before
+    assert not [d for d in os.listdir(upstream / "objects") if "incoming-" in d]
+    assert any("no request data" in r.getMessage() for r in log_watch.records)
