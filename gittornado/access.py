@@ -431,9 +431,3 @@ class AccessFile:
         read, write, rule = self.policy.rights(user, request.repo)
         return Grant(user=user, read=read, write=write,
                      rule=rule.describe() if rule else None)
-
-    def explain(self, user: str | None, repo: str) -> tuple[bool, bool, list[Rule]]:
-        """(read, write, every matching rule) for ``gittornado check-access``."""
-        self.maybe_reload()
-        read, write, _ = self.policy.rights(user, repo)
-        return read, write, self.policy.matching_rules(user, repo)

@@ -182,35 +182,32 @@ class RPCHandler(_ServiceHandler):
             self._inflater = None
         else:
             raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
-        git_protocol = self._git_protocol()
-        if self.service.right == READ:
-            self._limit: int | None = self.upload_pack_limit
-            # upload-pack requests are pkt-lines from end to end.
-            self._parser = pktline.Parser()
-        else:
-            self._limit = self.receive_pack_limit
-            # receive-pack: the command list up to the first flush is pkt-lines;
-            # what follows (push options, the pack) is passed through unread.
-            self._parser = pktline.Parser(until_flush=True)
+        self._git_protocol_value = self._git_protocol()
         repo = self.path_kwargs.get("repo") or self.path_args[0]
         self.session = await self.decide(repo, self.service.right)
-        raw_limit = self._limit if self._limit is not None else _UNBOUNDED
-        self.request.connection.set_max_body_size(raw_limit)
         self._inflated = 0
         self._git_reading = True
-        self._git_protocol_value = git_protocol
         self._watchdog: asyncio.Task | None = None
         if self.body_idle_timeout:
             self._watchdog = asyncio.ensure_future(self._watch_body(self.body_idle_timeout))
         if self.service.right == READ:
+            self._limit: int | None = self.upload_pack_limit
+            # upload-pack requests are pkt-lines from end to end.
+            self._parser = pktline.Parser()
             # A fetch request is small and git answers only once it has all of
             # it: spool it (checked whole before git starts), and git can then
             # write its answer straight to the client (see _answer_directly).
             self._spool: IO[bytes] | None = tempfile.TemporaryFile(prefix="gittornado-")
         else:
+            self._limit = self.receive_pack_limit
+            # receive-pack: the command list up to the first flush is pkt-lines;
+            # what follows (push options, the pack) is passed through unread.
+            self._parser = pktline.Parser(until_flush=True)
             # A push streams into git as it arrives: it may be gigabytes.
             self._spool = None
-            self.proc = self._spawn(advertise=False, git_protocol=git_protocol)
+            self.proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value)
+        self.request.connection.set_max_body_size(
+            self._limit if self._limit is not None else _UNBOUNDED)
 
     async def _watch_body(self, timeout: float) -> None:
         """Hang up on a client whose body stops arriving for ``timeout`` seconds.
@@ -275,9 +272,9 @@ class RPCHandler(_ServiceHandler):
                 self._git_reading = False
 
     def _fail(self, exc: GitAccessError) -> None:
+        # git is stopped by on_finish -> finish(kill=True), which closes its
+        # input first so a push removes its own quarantine (a bare signal would not).
         self._failed = True
-        if self.proc is not None:
-            self.proc.kill()
         self.refuse(exc)
 
     async def post(self, repo: str, service: str) -> None:
@@ -303,10 +300,14 @@ class RPCHandler(_ServiceHandler):
             if type(stream) is IOStream and hasattr(self.request.connection, "detach"):
                 await self._answer_directly(spool.fileno())
                 return
-            self.proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value,
-                                    stdin=spool.fileno())
-            self.proc.op.bytes_in = self._inflated
+            self.proc = self._spawn_fetch(stdin=spool.fileno())
         await self._stream_output(self.service.result_type)
+
+    def _spawn_fetch(self, **io: int) -> GitProcess:
+        """upload-pack reading the spooled request (counted for the audit line)."""
+        proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value, **io)
+        proc.op.bytes_in = self._inflated
+        return proc
 
     async def _answer_directly(self, request_fd: int) -> None:
         """Let git write the fetch answer straight into the client's socket.
@@ -333,9 +334,7 @@ class RPCHandler(_ServiceHandler):
             await stream.write(head)
             sock = stream.socket
             start = _socket_bytes_out(sock)
-            self.proc = proc = self._spawn(advertise=False, git_protocol=self._git_protocol_value,
-                                           stdin=request_fd, stdout=sock.fileno())
-            proc.op.bytes_in = self._inflated
+            self.proc = proc = self._spawn_fetch(stdin=request_fd, stdout=sock.fileno())
             proc.output_counter = lambda: max(0, _socket_bytes_out(sock) - start)
             status = await proc.finish()
             if status != 0 and proc.op.bytes_out == 0:

@@ -429,3 +429,20 @@ def test_stalled_push_body_is_dropped_and_changes_nothing(serve, gitbase, log_wa
     assert refs(upstream) == before
     assert not [d for d in os.listdir(upstream / "objects") if "incoming-" in d]
     assert any("no request data" in r.getMessage() for r in log_watch.records)
+
+
+def test_push_over_the_size_cap_is_413_and_leaves_nothing(serve, gitbase, tmp_path):
+    server = serve(access=AllowAll(), receive_pack_limit=1024 * 1024)
+    work = tmp_path / "w"
+    git("clone", "-q", str(gitbase / "app.git"), str(work))
+    (work / "b").write_bytes(os.urandom(3 * 1024 * 1024))
+    git("add", "b", cwd=work)
+    git("commit", "-qm", "b", cwd=work)
+    upstream = gitbase / "app.git"
+    before = refs(upstream)
+    proc = git("-c", "http.postBuffer=65536", "push", f"{server.url}/app", "main", cwd=work, check=False)
+    assert proc.returncode != 0  # curl often sees a reset before it reads the 413
+    wait_for(lambda: not git_processes(str(upstream)), message="receive-pack to exit")
+    wait_for(lambda: not [d for d in os.listdir(upstream / "objects") if "incoming-" in d],
+             message="quarantine to be removed")
+    assert refs(upstream) == before
