@@ -10,19 +10,23 @@ from .dumbhttp import FileHandler
 from .errors import BadRequest, Forbidden, GitAccessError, NotFound, Unauthorized
 from .fallback import FallbackHandler, IndexApp, wsgi_container
 from .repos import Repository, RepositoryLookup
-from .session import (AccessRequest, BadCredentials, Credentials, Gate, Grant, OpenAccess,
-                      Throttle)
+from .gitproc import GitRun, PeerGone
+from .legacy import adapt, legacy_access
+from .rights import (AccessRequest, Authenticator, Authorizer, BadCredentials, Credentials,
+                     Grant)
+from .session import Gate, OpenAccess, Session, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
-from .web import legacy_access
+from .web import GitConfig
 
 __version__ = "0.2.0"
 
 __all__ = [
     "__version__", "make_app", "routes",
     "InfoRefsHandler", "RPCHandler", "FileHandler", "FallbackHandler", "IndexApp",
-    "wsgi_container", "legacy_access",
+    "GitConfig", "wsgi_container", "legacy_access", "adapt", "GitRun", "PeerGone",
     "AccessFile", "AccessFileError", "parse_access_file", "hash_password",
     "Repository", "RepositoryLookup",
-    "AccessRequest", "BadCredentials", "Credentials", "Gate", "Grant", "OpenAccess", "Throttle",
+    "AccessRequest", "Authenticator", "Authorizer", "BadCredentials", "Credentials", "Gate",
+    "Grant", "OpenAccess", "Session", "Throttle",
     "GitAccessError", "BadRequest", "Forbidden", "NotFound", "Unauthorized",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -19,10 +20,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import overload
 
 from passlib.context import CryptContext
 
-from .session import AccessRequest, BadCredentials, Grant
+from .rights import AccessRequest, BadCredentials, Credentials, Grant
 
 __all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile",
            "PASSWORD_CONTEXT", "hash_password", "hash_weakness"]
@@ -280,7 +282,7 @@ def parse_access_file(text: str) -> Policy:
 
 
 class AccessFile:
-    """A live access file: the access object the gate uses with ``--accessfile``.
+    """A live access file: the ``Authenticator`` and ``Authorizer`` behind ``--accessfile``.
 
     Re-reads the file at most once per ``check_interval`` seconds when its
     stat changes (or, for two seconds after a write, when its content does:
@@ -388,7 +390,7 @@ class AccessFile:
     def verify_password(self, username: str, password: str) -> bool:
         """Constant-time check; costs one hash verification whether or not the user exists.
 
-        Blocking (bcrypt is slow on purpose): ``authenticate`` runs it in a thread.
+        Blocking (bcrypt is slow on purpose): ``check_password`` runs it in a thread.
         """
         stored = self.policy.users.get(username)
         candidate = stored if stored is not None else self._dummy()
@@ -403,7 +405,8 @@ class AccessFile:
         return hmac.new(self._cache_key, len(user).to_bytes(4, "big") + user +
                         password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
-    async def authenticate(self, username: str, password: str) -> bool:
+    async def check_password(self, username: str, password: str) -> bool:
+        """True when the pair is right; verified in a thread, successes cached for ``cache_ttl``."""
         self.maybe_reload()
         token = self._cache_token(username, password)
         now = time.monotonic()
@@ -419,15 +422,36 @@ class AccessFile:
             self._verified[token] = now + self.cache_ttl
         return ok
 
-    # -- the access protocol -------------------------------------------------------
-    async def check(self, request: AccessRequest) -> Grant:
+    # -- the access protocols (gittornado.rights) -------------------------------------
+    @overload
+    async def authenticate(self, credentials: Credentials) -> str: ...
+    @overload
+    async def authenticate(self, credentials: str, password: str) -> bool: ...
+
+    async def authenticate(self, credentials: Credentials | str,
+                           password: str | None = None) -> str | bool:
+        """``Authenticator``: the user name, or ``BadCredentials``.
+
+        The 0.2 form ``authenticate(username, password) -> bool`` still works
+        (it is ``check_password``) for code written against it.
+        """
+        if not isinstance(credentials, Credentials):
+            if password is None:
+                raise TypeError("authenticate() takes Credentials (or a user name and a password)")
+            return await self.check_password(credentials, password)
+        if not await self.check_password(credentials.username, credentials.password):
+            raise BadCredentials(credentials.username)
+        return credentials.username
+
+    async def authorize(self, request: AccessRequest) -> Grant:
+        """``Authorizer``: the most permissive rule for ``request.user`` (None: anonymous)."""
         self.maybe_reload()
-        user = request.user
-        if user is None and request.credentials is not None:
-            creds = request.credentials
-            if not await self.authenticate(creds.username, creds.password):
-                raise BadCredentials(creds.username)
-            user = creds.username
-        read, write, rule = self.policy.rights(user, request.repo)
-        return Grant(user=user, read=read, write=write,
+        read, write, rule = self.policy.rights(request.user, request.repo)
+        return Grant(user=request.user, read=read, write=write,
                      rule=rule.describe() if rule else None)
+
+    async def check(self, request: AccessRequest) -> Grant:
+        """Both steps at once (the 0.2 access protocol), for code that calls it directly."""
+        if request.user is None and request.credentials is not None:
+            request = dataclasses.replace(request, user=await self.authenticate(request.credentials))
+        return await self.authorize(request)

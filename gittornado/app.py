@@ -18,7 +18,7 @@ from .fallback import FallbackHandler, IndexApp
 from .repos import RepositoryLookup
 from .session import Gate, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
-from .web import make_gate
+from .web import GitConfig, config_for
 
 __all__ = ["routes", "make_app"]
 
@@ -42,21 +42,19 @@ def _validate_prefix(prefix: str) -> str:
 def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> list:
     """The URL table for the git handlers under ``prefix``, plus a catch-all fallback.
 
-    ``handler_kwargs`` go to every git handler's ``initialize`` (``access``,
-    ``lookup``, ``gitbase``, ``realm``, ...; see ``GitHandler``). ``fallback``
-    is a WSGI app (or a Tornado app) for every other URL; None adds no catch-all.
+    ``handler_kwargs`` are the git handlers' options (``access``, ``lookup``,
+    ``gitbase``, ``realm``, ...; see ``GitConfig``), validated here once into
+    one ``GitConfig`` every route and request shares (one gate, one login
+    throttle). ``fallback`` is a WSGI app (or a Tornado app) for every other
+    URL; None adds no catch-all.
     """
     p = re.escape(_validate_prefix(prefix))
-    if "gate" not in handler_kwargs:
-        # One gate for every route and request (one throttle, one lookup).
-        gate_keys = ("access", "lookup", "gitbase", "throttle", "auth", "gitlookup")
-        handler_kwargs["gate"] = make_gate(**{k: handler_kwargs.pop(k) for k in gate_keys
-                                              if k in handler_kwargs})
-        handler_kwargs.pop("auth_failed", None)
+    config = config_for(handler_kwargs)
+    kwargs = {"config": config}
     table = [
-        tornado.web.url(p + _INFO_REFS, InfoRefsHandler, handler_kwargs, name="info_refs"),
-        tornado.web.url(p + _RPC, RPCHandler, handler_kwargs, name="rpc"),
-        tornado.web.url(p + _FILES, FileHandler, handler_kwargs, name="files"),
+        tornado.web.url(p + _INFO_REFS, InfoRefsHandler, kwargs, name="info_refs"),
+        tornado.web.url(p + _RPC, RPCHandler, kwargs, name="rpc"),
+        tornado.web.url(p + _FILES, FileHandler, kwargs, name="files"),
     ]
     if fallback is not None:
         table.append(tornado.web.url(r".*", FallbackHandler, {"fallback": fallback}))
@@ -80,7 +78,7 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
              fallback: Any = None, index: bool = True, throttle: Throttle | bool | None = True,
              git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
              receive_pack_limit: int | None = None, direct_output: bool = True,
-             body_idle_timeout: float | None = 600.0,
+             body_idle_timeout: float | None = 600.0, send_timeout: float | None = 600.0,
              **settings: Any) -> tornado.web.Application:
     """Build the gittornado ``Application``.
 
@@ -93,18 +91,17 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         (``index=False`` for none: plain 404s).
     :arg throttle: brute-force protection: True (10 failures/minute/address),
         a ``Throttle``, or False/None.
-    :arg direct_output: git writes fetch answers straight to plain-HTTP client
-        sockets (no per-byte work in Python); False relays them through pipes.
-    :arg body_idle_timeout: seconds a request body may stall before the connection
-        is dropped and git stopped (default 600; None: never).
+    :arg direct_output: the kernel moves answers from git's pipe into plain-HTTP
+        client sockets (``os.splice``, no per-byte work in Python); False relays
+        them through Python.
+    :arg body_idle_timeout: seconds git may wait for request data that does not
+        come before the connection is dropped and git stopped (default 600; None: never).
+    :arg send_timeout: seconds a client may take none of an answer before git is
+        stopped and the connection dropped (default 600; None: never).
     :arg settings: passed to ``tornado.web.Application``.
     """
     if accessfile and access is not None:
         raise ValueError("give either accessfile or access, not both")
-    if upload_pack_limit is not None and upload_pack_limit <= 0:
-        raise ValueError("upload_pack_limit must be positive")
-    if receive_pack_limit is not None and receive_pack_limit <= 0:
-        raise ValueError("receive_pack_limit must be positive or None")
     prefix = _validate_prefix(prefix)
     if accessfile:
         access = AccessFile(accessfile)
@@ -116,9 +113,10 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         if not hasattr(repo_lookup, "names"):
             raise ValueError("the index page needs a lookup with names(); pass index=False")
         fallback = IndexApp(gate, repo_lookup.names, prefix=prefix, realm=realm)
-    table = routes(prefix, fallback=fallback, gate=gate, realm=realm, git=git,
-                   upload_pack_limit=upload_pack_limit, receive_pack_limit=receive_pack_limit,
-                   direct_output=direct_output, body_idle_timeout=body_idle_timeout)
+    config = GitConfig.build(gate=gate, realm=realm, git=git, upload_pack_limit=upload_pack_limit,
+                             receive_pack_limit=receive_pack_limit, direct_output=direct_output,
+                             body_idle_timeout=body_idle_timeout, send_timeout=send_timeout)
+    table = routes(prefix, fallback=fallback, config=config)
     settings.setdefault("log_function", _log_request)
     app = tornado.web.Application(table, **settings)
     app.gate = gate  # type: ignore[attr-defined]

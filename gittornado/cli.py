@@ -44,6 +44,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="cap on a push body (default unbounded)")
     p.add_argument("--body-idle-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="drop a request whose body stalls this long (default 600; 0: never)")
+    p.add_argument("--send-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="stop git and hang up on a client that takes no answer data this long "
+                        "(default 600; 0: never)")
     p.add_argument("--login-failures", type=int, default=10, metavar="N",
                    help="wrong passwords from one address within a minute before it gets 429 "
                         "(default 10; 0 disables)")
@@ -143,7 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
                            prefix=args.prefix, throttle=throttle,
                            upload_pack_limit=args.max_upload_pack_request,
                            receive_pack_limit=args.max_push_size,
-                           body_idle_timeout=args.body_idle_timeout or None)
+                           body_idle_timeout=args.body_idle_timeout or None,
+                           send_timeout=args.send_timeout or None)
         except ValueError as exc:
             log.error("%s", exc)
             raise SystemExit(2)

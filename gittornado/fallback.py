@@ -1,7 +1,9 @@
 """Everything that is not a git URL: an embedded WSGI app, or the built-in index page.
 
 The WSGI app always runs in a thread pool (``WSGIContainer`` with an
-executor): on the event loop it would stall every git transfer.
+executor): on the event loop it would stall every git transfer. There is one
+such container per fallback, not per request: Tornado builds a handler for
+every request, and a pool per handler is a thread per request.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ import asyncio
 import concurrent.futures
 import html
 import logging
-from typing import Any, Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import tornado.web
 import tornado.wsgi
 
-from .session import AccessRequest, Gate
-from .services import READ
-from .web import parse_basic_auth
 from .errors import GitAccessError
+from .services import READ
+from .session import AccessRequest, Gate
+from .web import parse_basic_auth
 
 __all__ = ["FallbackHandler", "IndexApp", "wsgi_container"]
 
@@ -48,19 +52,37 @@ def wsgi_container(app: Callable, executor: concurrent.futures.Executor | None =
 
 
 class FallbackHandler(tornado.web.FallbackHandler):
-    """Tornado's ``FallbackHandler``; a bare WSGI callable is wrapped with a thread pool."""
+    """Tornado's ``FallbackHandler``; a bare WSGI callable is wrapped with a thread pool.
+
+    The wrapper is made once per (application, fallback) and kept as long as
+    the application lives, so its pool goes away with the application.
+    """
+
+    _containers: weakref.WeakKeyDictionary[tornado.web.Application, dict[int, tuple[Any, Any]]] \
+        = weakref.WeakKeyDictionary()
 
     def initialize(self, fallback: Any) -> None:
-        if not isinstance(fallback, tornado.wsgi.WSGIContainer) and callable(fallback) \
-                and not isinstance(fallback, tornado.web.Application):
-            fallback = wsgi_container(fallback)
-        super().initialize(fallback)
+        super().initialize(self._container_for(self.application, fallback))
+
+    @classmethod
+    def _container_for(cls, application: tornado.web.Application, fallback: Any) -> Any:
+        if isinstance(fallback, (tornado.wsgi.WSGIContainer, tornado.web.Application)) \
+                or not callable(fallback):
+            return fallback
+        # Keyed by id: a WSGI callable need not be hashable. The entry holds the
+        # callable itself, so the id cannot be reused while the entry exists.
+        per_app = cls._containers.setdefault(application, {})
+        entry = per_app.get(id(fallback))
+        if entry is None or entry[0] is not fallback:
+            entry = per_app[id(fallback)] = (fallback, wsgi_container(fallback))
+        return entry[1]
 
 
 class IndexApp:
     """The default WSGI app: an HTML list of the repositories the requester may read.
 
-    Credentials are honoured when sent; a request with wrong ones is asked again (401).
+    Credentials are honoured when sent (checked once per page, however many
+    repositories it lists); a request with wrong ones is asked again (401).
     """
 
     def __init__(self, gate: Gate, names: Callable[[], Iterable[str]], prefix: str = "",

@@ -1,28 +1,40 @@
-"""The one place git is spawned: argv/env built by pure functions, bytes pumped async.
+"""The engine: the one place git is spawned and its bytes pumped, for every transport.
 
-Every transport runs git through ``GitProcess``: it writes with backpressure
-(each write is awaited until the pipe took it), reads in bounded chunks, logs
-git's stderr (never sends it to the client) and always kills and reaps the
-child, whatever happened to the client.
+A transport hands over a decided session, the service and the wire's protocol
+version and gets a ``GitRun``: it feeds it (awaited writes: backpressure), ends
+its input, drains its output (bounded reads, or a kernel-side splice into a
+socket with the transport's framing), says when the peer went away, and asks
+for the bytes of a late error. The run decides everything else in one place:
+drain or kill, the idle timers in both directions, cleanup on every path, and
+the audit line. argv and env are built by pure functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import select
 import signal
+import socket
+import struct
 import subprocess
+import tempfile
+import termios
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import IO, Callable
 
 from tornado.iostream import PipeIOStream, StreamClosedError
 
-from .services import Service, protocol_version
+from . import pktline
+from .answer import AnswerState, expect_from_request
+from .errors import PayloadTooLarge
+from .services import WRITE, Service, protocol_version
 from .session import Session
 
-__all__ = ["GitProcess", "start_service", "git_argv", "git_env", "GIT_OPTIONS", "CHUNK_SIZE"]
+__all__ = ["GitRun", "PeerGone", "git_argv", "git_env", "git_output", "GIT_OPTIONS", "CHUNK_SIZE"]
 
 app_log = logging.getLogger("gittornado.application")
 audit_log = logging.getLogger("gittornado.audit")
@@ -96,6 +108,18 @@ def git_env(base: dict[str, str], *, user: str | None, repo: str, transport: str
     return env
 
 
+#: Pipe buffer for git's output: fewer wakeups per clone (Linux caps it at pipe-max-size).
+_PIPE_SIZE = 1024 * 1024
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) \
+    | getattr(os, "SPLICE_F_MORE", 4)
+#: Grace git gets after losing its input/output before SIGTERM, then as long before SIGKILL.
+_GRACE = 2.0
+
+
+class PeerGone(Exception):
+    """The client went away or was dropped: the one signal a transport maps its own to."""
+
+
 @dataclass
 class Operation:
     """What the audit line reports about one git run."""
@@ -115,7 +139,7 @@ class Operation:
 class _Child:
     proc: subprocess.Popen
     stdin: PipeIOStream | None
-    stdout: PipeIOStream | None
+    stdout: int | None          #: raw non-blocking fd (read or spliced by GitRun)
     stderr: PipeIOStream | None
 
     @property
@@ -124,8 +148,8 @@ class _Child:
 
 
 def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool | int = True,
-           stdout: bool | int = True, stderr: bool = True) -> _Child:
-    """Start ``argv``; each of stdin/stdout is an async pipe (True) or a given fd.
+           stdout: bool = True, stderr: bool = True) -> _Child:
+    """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe.
 
     Like ``tornado.process.Subprocess``, but the streams are made only once
     the process exists: Subprocess wraps the pipes first and, when Popen
@@ -143,6 +167,11 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
                 r, w = os.pipe()
                 fds += (r, w)
                 child_ends[name], parent_ends[name] = (r, w) if child_reads else (w, r)
+        if "stdout" in parent_ends:
+            try:
+                fcntl.fcntl(parent_ends["stdout"], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            except (OSError, AttributeError):
+                pass
         proc = subprocess.Popen(
             argv, env=env, cwd=cwd, close_fds=True, start_new_session=True,
             **{name: child_ends.get(name, subprocess.DEVNULL if value is False else value)
@@ -153,8 +182,13 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
         raise
     for fd in child_ends.values():
         os.close(fd)
-    streams = {name: PipeIOStream(fd) for name, fd in parent_ends.items()}
-    return _Child(proc, streams.get("stdin"), streams.get("stdout"), streams.get("stderr"))
+    out = parent_ends.get("stdout")
+    if out is not None:
+        os.set_blocking(out, False)
+    return _Child(proc,
+                  PipeIOStream(parent_ends["stdin"]) if "stdin" in parent_ends else None,
+                  out,
+                  PipeIOStream(parent_ends["stderr"]) if "stderr" in parent_ends else None)
 
 
 async def reap(popen: subprocess.Popen) -> int:
@@ -181,138 +215,540 @@ async def reap(popen: subprocess.Popen) -> int:
     return popen.wait()
 
 
-class GitProcess:
-    """One running git service with async, backpressured pipes.
+def _pending(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
-    Use as ``proc = GitProcess(argv, env, cwd, op); await proc.write(...)``,
-    ``await proc.close_stdin()``, ``while (chunk := await proc.read()): ...``,
-    and always ``await proc.finish()`` (in ``finally``) to reap it.
+
+async def _fd_ready(fd: int, *, write: bool = False) -> None:
+    """Wait until ``fd`` is readable (or writable); cancellable."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    add(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+async def _read_some(fd: int, size: int) -> bytes:
+    """One read from a non-blocking fd, waiting for data; ``b""`` at end of file."""
+    while True:
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            await _fd_ready(fd)
+
+
+class GitRun:
+    """One git service run for one decided session, whatever the wire.
+
+    The transport's side of the contract:
+
+    * ``await feed(data)`` for each piece of input (returns once git's pipe
+      took it: backpressure; False once git stopped reading), then
+      ``end_input()``. With ``spool=True`` (a stateless fetch: small, and
+      answered only once whole) input goes to a temporary file and git starts
+      at ``end_input()``, reading it.
+    * ``await read()`` until ``b""``, or ``await splice_into(sock, frame, tail)``
+      to let the kernel move the output into a plain socket.
+    * ``await wait()`` for git's exit status, then ``trailer()``: the bytes of a
+      late error to append when git failed after its answer began.
+    * ``peer_gone()`` when the client left; ``close()`` from the transport's
+      last cleanup (safe to call always, and twice).
+
+    The run decides, from the service's right and whether the input arrived
+    whole: a push with complete input finishes (killing receive-pack between
+    its pack check and its ref updates helps nobody); anything else loses its
+    input first (a push then removes its own quarantine) and is signalled
+    after a grace period. It watches the peer both ways: no input for
+    ``input_idle`` seconds while git waits for it, or no progress handing
+    output to the peer for ``output_idle`` seconds, aborts the run and calls
+    ``on_abort(reason)`` so the transport can drop its connection.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, op: Operation, *,
-                 stdin: bool | int = True, stdout: bool | int = True) -> None:
-        """``stdin``/``stdout``: True for an async pipe, or an fd git uses directly
-        (a spooled request file; the client's socket, see ``smarthttp``)."""
-        self.op = op
-        self._proc = _spawn(argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
-        self._stderr_task = asyncio.ensure_future(self._log_stderr())
-        self._exit: int | None = None
-        self._finished = False
-        #: Counts git's output when it goes to an fd we do not read (None: we read it).
-        self.output_counter: Callable[[], int] | None = None
+    def __init__(self, session: Session, service: Service, *, transport: str, remote_addr: str,
+                 git_protocol: str | None = None, advertise: bool = False, stateless: bool = True,
+                 spool: bool = False, git: str = "git", input_limit: int | None = None,
+                 input_idle: float | None = None, output_idle: float | None = None,
+                 on_abort: Callable[[str], None] | None = None) -> None:
+        self.service = service
+        self.protocol = protocol_version(git_protocol)
+        repo = session.repo
+        self._argv = git_argv(service, repo.path, stateless=stateless, advertise=advertise, git=git)
+        self._env = git_env(os.environ, user=session.user, repo=repo.name, transport=transport,
+                            remote_addr=remote_addr, git_protocol=git_protocol, extra=session.env)
+        self._cwd = repo.path
+        self.op = Operation(user=session.user, remote_addr=remote_addr, repo=repo.name,
+                            service=service.name, protocol=self.protocol, transport=transport)
+        #: Where the answer stands (pkt boundary, side-band), for ``trailer``/``late_error``.
+        self.answer = AnswerState()
+        self.input_limit = input_limit
+        self._on_abort = on_abort
+        self._input_idle, self._output_idle = input_idle, output_idle
+        self._child: _Child | None = None
+        self._spool: IO[bytes] | None = None
+        self._accepting = True
+        self.input_complete = advertise
+        self._writing = False
+        loop = asyncio.get_running_loop()
+        self._last_input = loop.time()
+        self._peer_wait_since: float | None = None
+        self._peer_left = False
+        self.abort_reason: str | None = None
+        self.exit_status: int | None = None
+        self._exited: asyncio.Future[int] = loop.create_future()
+        self._tasks: set[asyncio.Task] = set()
+        self._waiters: set[asyncio.Future] = set()
+        self._stopping = False
+        self._closed = False
+        #: Held by whoever reads git's output, so stopping never closes the pipe under them.
+        self._out_lock = asyncio.Lock()
+        self._done = loop.create_future()
+        if spool:
+            self._spool = tempfile.TemporaryFile(prefix="gittornado-")
+        else:
+            self._start(stdin=True)
+            if advertise:
+                self.end_input()  # --advertise-refs reads nothing
+        if input_idle or output_idle:
+            self._task(self._watch())
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _task(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start(self, stdin: bool | int) -> None:
+        self._child = _spawn(self._argv, env=self._env, cwd=self._cwd, stdin=stdin)
+        self._task(self._reap())
+        self._stderr_task = self._task(self._log_stderr())
+
+    async def _reap(self) -> None:
+        assert self._child is not None
+        status = await reap(self._child.proc)
+        self.exit_status = status
+        if not self._exited.done():
+            self._exited.set_result(status)
 
     @property
-    def finished(self) -> bool:
-        return self._finished
+    def started(self) -> bool:
+        return self._child is not None
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
 
-    async def write(self, data: bytes) -> None:
-        """Hand ``data`` to git; returns once the pipe accepted it (backpressure).
+    @property
+    def done(self) -> bool:
+        """The run is over: git reaped (or never started), pipes closed, audit written."""
+        return self._done.done()
 
-        Raises ``BrokenPipeError`` when git stopped reading (it exited).
+    # -- input -----------------------------------------------------------------------
+    async def feed(self, data: bytes) -> bool:
+        """Give git ``data``; True once taken, False when git no longer reads its input.
+
+        Raises ``PayloadTooLarge`` past ``input_limit`` (the input is then refused
+        whole: git, if running, loses its input and cleans up).
         """
+        loop = asyncio.get_running_loop()
+        self._last_input = loop.time()
         if not data:
-            return
-        try:
-            await self._proc.stdin.write(data)
-        except StreamClosedError as exc:
-            raise BrokenPipeError("git closed its input") from exc
+            return self._accepting
         self.op.bytes_in += len(data)
-
-    def close_stdin(self) -> None:
-        if self._proc.stdin is not None and not self._proc.stdin.closed():
-            self._proc.stdin.close()
-
-    async def read(self, size: int = CHUNK_SIZE) -> bytes:
-        """The next chunk git wrote, or ``b""`` at end of output."""
-        if self._proc.stdout is None:
-            return b""
+        if self.input_limit is not None and self.op.bytes_in > self.input_limit:
+            self._accepting = False
+            raise PayloadTooLarge(f"{self.service.name} request larger than {self.input_limit} bytes")
+        if not self._accepting:
+            return False
+        if self._spool is not None:
+            self._spool.write(data)
+            return True
+        assert self._child is not None and self._child.stdin is not None
+        self._writing = True
         try:
-            chunk = await self._proc.stdout.read_bytes(size, partial=True)
+            await self._child.stdin.write(data)
         except StreamClosedError:
-            return b""
+            self._accepting = False
+            return False
+        finally:
+            self._writing = False
+            self._last_input = loop.time()
+        return True
+
+    def note_request(self, first_line: bytes | None) -> None:
+        """The client's first request line (capabilities decide the answer's framing)."""
+        expect_from_request(self.answer, self.service.name, self.protocol, first_line)
+
+    def end_input(self) -> None:
+        """All input is in: git sees end of file (or starts now on the spooled request)."""
+        self.input_complete = True
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            with spool:
+                spool.flush()
+                spool.seek(0)
+                self._start(stdin=spool.fileno())
+            return
+        if self._child is not None and self._child.stdin is not None:
+            self._child.stdin.close()
+
+    # -- output ----------------------------------------------------------------------
+    async def read(self, size: int = CHUNK_SIZE) -> bytes:
+        """The next chunk of git's answer, ``b""`` at its end.
+
+        Calling ``read`` again is what tells the run the previous chunk reached
+        the peer: the time in between counts against ``output_idle``.
+        """
+        self._peer_wait_since = None
+        async with self._out_lock:
+            fd = self._stdout()
+            if fd is None:
+                return b""
+            chunk = await self._wait(_read_some(fd, size))
+            if not chunk:
+                self._close_stdout()
+                return b""
+        self.answer.feed(chunk)
         self.op.bytes_out += len(chunk)
+        self._peer_wait_since = asyncio.get_running_loop().time()
         return chunk
 
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        """Signal git's whole process group (pack-objects, index-pack, hooks).
+    async def output_ready(self) -> None:
+        """Wait until git has said something, or ended its output."""
+        async with self._out_lock:
+            fd = self._stdout()
+            if fd is not None:
+                await self._wait(_fd_ready(fd))
 
-        The last resort of ``finish(kill=True)``: closing git's input first is
-        what lets a push clean up its quarantine.
-        """
-        if self._exit is None and self._proc.proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    async def finish(self, *, kill: bool = False, grace: float = 2.0) -> int:
-        """Close the pipes, reap git, log the audit line; returns git's exit status.
-
-        With ``kill`` (the client went away) git loses its input. A push then
-        ends as git's own "early EOF": git removes its quarantine and exits, as
-        long as its output is still read (and thrown away), so it is. A fetch
-        loses its output pipe too and dies writing to it. A git still there
-        after ``grace`` seconds gets SIGTERM, and after as long again SIGKILL.
-        """
-        if self._finished:
-            return self._exit if self._exit is not None else -1
-        self._finished = True
-        self.close_stdin()
-        drain = kill and self.op.service == "git-receive-pack"
-        if kill and not drain:
-            self._close_stdout()
+    def output_ended(self) -> bool:
+        """git's output is over with nothing (more) to read (after ``output_ready``)."""
+        fd = self._stdout()
+        if fd is None:
+            return True
         try:
-            if not kill:
-                self._exit = await reap(self._proc.proc)
+            # Readable with nothing to read: the writing end is closed.
+            return bool(select.select([fd], [], [], 0)[0]) and _pending(fd) == 0
+        except OSError:
+            return True
+
+    async def splice_into(self, sock: socket.socket, frame: Callable[[int], bytes],
+                          tail: bytes = b"") -> None:
+        """Move git's whole answer into ``sock`` (plain, non-blocking), framed.
+
+        Each frame is ``frame(n)`` + n bytes + ``tail`` (HTTP chunks; WebSocket
+        frames). Payloads move pipe -> socket inside the kernel (``os.splice``);
+        only pkt-line headers and small packets pass through Python, which is
+        what ``answer`` needs to place a late error. Raises ``PeerGone`` when
+        the socket fails or the run is aborted.
+        """
+        async with self._out_lock:
+            await self._splice_all(sock, frame, tail)
+
+    async def _splice_all(self, sock: socket.socket, frame: Callable[[int], bytes], tail: bytes) -> None:
+        fd = self._stdout()
+        if fd is None:
+            return
+        sfd = sock.fileno()
+        state = self.answer
+        pending = bytearray()
+        carry = b""
+        try:
+            while True:
+                if state.remaining and not state.wants:
+                    n = state.remaining
+                    await self._send(sock, carry + frame(len(pending) + n) + pending)
+                    pending.clear()
+                    carry = tail
+                    if not await self._splice(fd, sock, sfd, n):
+                        break  # git's output ended inside the packet (padded)
+                    continue
+                try:
+                    data = os.read(fd, state.wants + 5)
+                except BlockingIOError:
+                    if pending:
+                        await self._send(sock, carry + frame(len(pending)) + pending)
+                        pending.clear()
+                        carry = tail
+                    self._peer_wait_since = None
+                    await self._wait(_fd_ready(fd))
+                    continue
+                if not data:
+                    break
+                state.feed(data)
+                self.op.bytes_out += len(data)
+                pending += data
+                if len(pending) >= CHUNK_SIZE:
+                    await self._send(sock, carry + frame(len(pending)) + pending)
+                    pending.clear()
+                    carry = tail
+            if pending:
+                await self._send(sock, carry + frame(len(pending)) + pending)
+                carry = tail
+            if carry:
+                await self._send(sock, carry)
+        except OSError as exc:
+            raise PeerGone(f"client connection failed: {exc.strerror or exc}") from None
+        finally:
+            self._peer_wait_since = None
+        self._close_stdout()
+
+    async def _splice(self, fd: int, sock: socket.socket, sfd: int, n: int) -> bool:
+        """Move exactly ``n`` bytes of the current packet; False if git's output ended first."""
+        loop = asyncio.get_running_loop()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(sfd, select.POLLOUT)
+        while n:
+            try:
+                moved = os.splice(fd, sfd, n, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                ready = dict(poller.poll(0))
+                if not ready.get(fd, 0) & (select.POLLIN | select.POLLHUP):
+                    self._peer_wait_since = None
+                    await self._wait(_fd_ready(fd))
+                else:
+                    if self._peer_wait_since is None:
+                        self._peer_wait_since = loop.time()
+                    await self._wait(_fd_ready(sfd, write=True))
+                continue
+            if moved == 0:
+                # git died mid-packet: pad it out so the late error lands on a boundary.
+                self.answer.skipped(n)
+                await self._send(sock, b"\0" * n)
+                return False
+            n -= moved
+            self.answer.skipped(moved)
+            self.op.bytes_out += moved
+            self._peer_wait_since = None
+        return True
+
+    async def _send(self, sock: socket.socket, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        loop = asyncio.get_running_loop()
+        while view:
+            try:
+                sent = sock.send(view, socket.MSG_MORE)
+            except BlockingIOError:
+                if self._peer_wait_since is None:
+                    self._peer_wait_since = loop.time()
+                await self._wait(_fd_ready(sock.fileno(), write=True))
+                continue
+            view = view[sent:]
+        self._peer_wait_since = None
+
+    async def _wait(self, awaitable) -> object:
+        """Await ``awaitable`` unless the run is aborted meanwhile (then ``PeerGone``)."""
+        if self.abort_reason is not None or self._stopping:
+            awaitable.close()
+            raise PeerGone(self.abort_reason or "client went away")
+        task = asyncio.ensure_future(awaitable)
+        self._waiters.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if (self.abort_reason is not None or self._stopping) and not _current_task_cancelling():
+                raise PeerGone(self.abort_reason or "client went away") from None
+            raise
+        finally:
+            self._waiters.discard(task)
+
+    def _stdout(self) -> int | None:
+        return self._child.stdout if self._child is not None else None
+
+    def _close_stdout(self) -> None:
+        if self._child is not None and self._child.stdout is not None:
+            os.close(self._child.stdout)
+            self._child.stdout = None
+
+    # -- the end ---------------------------------------------------------------------
+    async def wait(self) -> int:
+        """git's exit status once its answer was read; the run is then over."""
+        if self._child is None:
+            await self._finish()
+            return -1
+        status = await self._exited
+        await self._finish()
+        return status
+
+    def trailer(self) -> bytes:
+        """What to append after git's answer: a late error if git failed, else nothing."""
+        if self.exit_status in (0, None) and self.abort_reason is None:
+            return b""
+        if self.answer.seen == 0:
+            return pktline.error_line(f"{self.service.name} failed on the server (see its log)")
+        return self.answer.late_error(f"{self.service.name} died on the server (see its log)")
+
+    def late_error(self, message: str) -> bytes:
+        return self.answer.late_error(message)
+
+    def peer_gone(self) -> None:
+        """The client went away: stop or finish git as the service and input allow."""
+        if self.done or self._stopping:
+            return
+        self._peer_left = True
+        self._stop()
+
+    def abort(self, reason: str) -> None:
+        """Give up on the peer (a timeout, an over-size body): stop git, tell the transport."""
+        if self.done or self.abort_reason is not None:
+            return
+        self.abort_reason = reason
+        app_log.warning("git %s repo=%s user=%s: %s", self.service.name, self.op.repo,
+                        self.op.user or "-", reason)
+        if self._on_abort is not None:
+            self._on_abort(reason)
+        self._stop()
+
+    def close(self) -> None:
+        """The transport is done with the run, on whatever path: nothing may be left behind."""
+        if self.done or self._stopping:
+            return
+        if self._child is not None and self._exited.done():
+            self._task(self._finish())
+        else:
+            self.peer_gone()
+
+    def _stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for waiter in list(self._waiters):
+            waiter.cancel()  # whoever waits on the peer or git's output gets PeerGone
+        self._task(self._stop_git())
+
+    async def _stop_git(self) -> None:
+        child = self._child
+        if child is None:
+            await self._finish()
+            return
+        keep = self.service.right == WRITE and self.input_complete and self.abort_reason is None
+        if child.stdin is not None:
+            child.stdin.close()
+        drain = self.service.right == WRITE
+        if not drain:
+            async with self._out_lock:
+                self._close_stdout()  # a fetch dies writing to a closed pipe
+        drainer = self._task(self._discard_output()) if drain else None
+        try:
+            if keep:
+                await asyncio.shield(self._exited)
             else:
                 for sig in (signal.SIGTERM, signal.SIGKILL, None):
                     try:
-                        self._exit = await asyncio.wait_for(self._drain_and_reap(drain), grace)
+                        await asyncio.wait_for(asyncio.shield(self._exited), _GRACE)
                         break
                     except asyncio.TimeoutError:
                         if sig is None:
                             raise
-                        self.kill(sig)
+                        self._signal(sig)
         finally:
-            self._close_stdout()
-            try:
-                # A hook's background child may hold stderr open long after git
-                # exited: log what came, but do not wait for it.
-                await asyncio.wait_for(self._stderr_task, 5.0)
-            except asyncio.TimeoutError:
+            if drainer is not None:
+                drainer.cancel()
+            await self._finish()
+
+    async def _discard_output(self) -> None:
+        # Read and throw away: a push told its input ended reports "early EOF" and
+        # removes its quarantine only if it can write that report somewhere.
+        async with self._out_lock:
+            fd = self._stdout()
+            while fd is not None and await _read_some(fd, CHUNK_SIZE):
                 pass
-            self._proc.stderr.close()
-        if self.output_counter is not None:
-            self.op.bytes_out = self.output_counter()
+            self._close_stdout()
+
+    def _signal(self, sig: int) -> None:
+        """Signal git's whole process group (pack-objects, index-pack, hooks)."""
+        if self._child is not None and not self._exited.done() and self._child.proc.poll() is None:
+            try:
+                os.killpg(self._child.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    async def _finish(self) -> None:
+        """Release everything the run holds, once, and write the audit line."""
+        if self._closed:
+            await asyncio.shield(self._done)
+            return
+        self._closed = True
+        try:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+            child = self._child
+            if child is not None:
+                if child.stdin is not None:
+                    child.stdin.close()
+                if not self._exited.done():
+                    await asyncio.shield(self._exited)
+                async with self._out_lock:
+                    self._close_stdout()
+                try:
+                    # A hook's background child may hold stderr open long after git
+                    # exited: log what came, but do not wait for it.
+                    await asyncio.wait_for(asyncio.shield(self._stderr_task), 5.0)
+                except asyncio.TimeoutError:
+                    pass
+                if child.stderr is not None:
+                    child.stderr.close()
+            for task in list(self._tasks):
+                if task is not asyncio.current_task() and task is not getattr(self, "_stderr_task", None):
+                    task.cancel()
+            self._audit()
+        finally:
+            if not self._done.done():
+                self._done.set_result(None)
+
+    @property
+    def result(self) -> str:
+        """``ok``, ``failed`` (git exited non-zero) or ``aborted`` (the peer left or was dropped)."""
+        if self.abort_reason is not None:
+            return "aborted"
+        if self._peer_left and not (self.service.right == WRITE and self.input_complete
+                                    and self.exit_status == 0):
+            return "aborted"
+        if self._child is None:
+            return "aborted"
+        return "ok" if self.exit_status == 0 else "failed"
+
+    def _audit(self) -> None:
         op = self.op
-        audit_log.info(
-            "user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
-            "in=%d out=%d duration=%.3fs exit=%s",
+        result = self.result
+        log = audit_log.info if result == "ok" else audit_log.warning
+        log("user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
+            "in=%d out=%d duration=%.3fs exit=%s result=%s%s",
             op.user or "-", op.remote_addr or "-", op.repo, op.service, op.protocol,
             op.transport, op.bytes_in, op.bytes_out, time.monotonic() - op.started,
-            self._exit,
-        )
-        return self._exit
+            self.exit_status if self._child is not None else "-", result,
+            f" reason={self.abort_reason!r}" if self.abort_reason else "")
 
-    def _close_stdout(self) -> None:
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-
-    async def _drain_and_reap(self, drain: bool) -> int:
-        while drain and await self.read():
-            pass
-        return await reap(self._proc.proc)
+    # -- the peer's clock ------------------------------------------------------------
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        limits = [t for t in (self._input_idle, self._output_idle) if t]
+        step = max(0.05, min(limits) / 4)
+        while not self._closed:
+            await asyncio.sleep(step)
+            now = loop.time()
+            if self._input_idle and not self.input_complete and not self._writing \
+                    and now - self._last_input >= self._input_idle:
+                self.abort(f"no request data for {now - self._last_input:.0f}s")
+                return
+            since = self._peer_wait_since
+            if self._output_idle and since is not None and now - since >= self._output_idle:
+                self.abort(f"client took no data for {now - since:.0f}s")
+                return
 
     async def _log_stderr(self) -> None:
         # Always drained, so a chatty git never blocks on a full stderr pipe.
+        assert self._child is not None and self._child.stderr is not None
+        stream = self._child.stderr
         pending = b""
         while True:
             try:
-                chunk = await self._proc.stderr.read_bytes(8192, partial=True)
+                chunk = await stream.read_bytes(8192, partial=True)
             except StreamClosedError:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
@@ -330,6 +766,11 @@ class GitProcess:
             app_log.warning("git %s repo=%s user=%s: %s", op.service, op.repo, op.user or "-", text)
 
 
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
+
+
 async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
     """Run a short git query (dumb-HTTP ref listing) without blocking the loop.
 
@@ -339,34 +780,15 @@ async def git_output(argv: list[str], cwd: str, max_bytes: int = 64 * 1024 * 102
     chunks: list[bytes] = []
     size = 0
     try:
-        while True:
-            try:
-                chunk = await proc.stdout.read_bytes(CHUNK_SIZE, partial=True)
-            except StreamClosedError:
-                break
+        while chunk := await _read_some(proc.stdout, CHUNK_SIZE):
             size += len(chunk)
             if size > max_bytes:
                 proc.proc.kill()
                 raise RuntimeError(f"{argv[1:3]} wrote more than {max_bytes} bytes")
             chunks.append(chunk)
     finally:
-        proc.stdout.close()
+        os.close(proc.stdout)
         status = await reap(proc.proc)
     if status != 0:
         raise RuntimeError(f"{' '.join(argv[1:3])} exited with status {status}")
     return b"".join(chunks)
-
-
-def start_service(session: Session, service: Service, *, transport: str, remote_addr: str,
-                  git_protocol: str | None = None, advertise: bool = False,
-                  stateless: bool = True, stdin: bool | int = True, stdout: bool | int = True,
-                  git: str = "git") -> GitProcess:
-    """Run ``service`` for a decided session: the one way every transport starts git."""
-    repo = session.repo
-    argv = git_argv(service, repo.path, stateless=stateless, advertise=advertise, git=git)
-    env = git_env(os.environ, user=session.user, repo=repo.name, transport=transport,
-                  remote_addr=remote_addr, git_protocol=git_protocol, extra=session.env)
-    op = Operation(user=session.user, remote_addr=remote_addr, repo=repo.name,
-                   service=service.name, protocol=protocol_version(git_protocol),
-                   transport=transport)
-    return GitProcess(argv, env, repo.path, op, stdin=stdin, stdout=stdout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "FLUSH", "DELIM", "RESPONSE_END", "MAX_PKT_LEN", "PktLineError",
-    "encode", "error_line", "sideband", "Parser",
+    "encode", "error_line", "sideband", "Parser", "Scanner", "capabilities",
 ]
 
 FLUSH = b"0000"
@@ -111,3 +111,101 @@ class Data(bytes):
     """A data packet's payload (a ``bytes`` subclass, so flush/delim never compare equal)."""
 
     __slots__ = ()
+
+
+class Scanner:
+    """Validating push scanner for request bodies: like ``Parser`` but keeps nothing.
+
+    A request body is checked whole before or while git reads it, and may be
+    attacker-sized (64 MiB of ``0000`` is 16 M flush packets), so ``feed``
+    builds no list, skips runs of special packets at C speed, and remembers
+    only the first data packet (its capabilities decide the answer's
+    framing, see ``answer.AnswerState``). ``packets`` counts what was seen.
+    """
+
+    __slots__ = ("_buf", "_until_flush", "_skip", "done", "first", "packets")
+
+    def __init__(self, until_flush: bool = False) -> None:
+        self._buf = bytearray()
+        self._until_flush = until_flush
+        self._skip = 0
+        self.done = False
+        self.first: bytes | None = None
+        self.packets = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished packet: non-zero at the end of a body means truncation."""
+        return len(self._buf) + self._skip
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        view = memoryview(data)
+        if self._skip:
+            n = min(self._skip, len(view))
+            self._skip -= n
+            view = view[n:]
+        buf = self._buf
+        buf += view
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            if buf[pos] == 0x30 and not self._until_flush:
+                # A run of "0000"/"0001"/"0002": count it without a Python step per packet.
+                run = _special_run(buf, pos, end)
+                if run:
+                    self.packets += run
+                    pos += 4 * run
+                    continue
+            n = _parse_length(bytes(buf[pos:pos + 4]))
+            if n < 4:
+                self.packets += 1
+                pos += 4
+                if n == 0 and self._until_flush:
+                    self.done = True
+                    buf.clear()
+                    return
+                continue
+            if self.first is None:
+                if end - pos < n:
+                    break
+                self.first = bytes(buf[pos + 4:pos + n])
+                self.packets += 1
+                pos += n
+                continue
+            self.packets += 1
+            if end - pos < n:
+                # Only the length matters for the rest: skip the payload as it comes.
+                self._skip = n - (end - pos)
+                pos = end
+                break
+            pos += n
+        del buf[:pos]
+
+
+def _special_run(buf: bytearray, pos: int, end: int) -> int:
+    """How many whole ``0000``/``0001``/``0002`` packets start at ``pos``."""
+    zeros = len(buf) - pos - len(bytes(buf[pos:end]).lstrip(b"0"))
+    count = zeros // 4
+    # "0000" x count, then maybe "000" + "1"/"2" (a delim or response-end) once.
+    if zeros % 4 == 3 and pos + zeros < end and buf[pos + zeros] in (0x31, 0x32):
+        count += 1
+    return count
+
+
+def capabilities(first: bytes | None) -> frozenset[str]:
+    """The capability list of a request's first line (after its NUL or, for wants, its oid).
+
+    ``want <oid> cap cap...`` (v0/v1 fetch) or ``<old> <new> <ref>\0cap cap...`` (push).
+    """
+    if not first:
+        return frozenset()
+    line = first.rstrip(b"\n")
+    if b"\0" in line:
+        caps = line.split(b"\0", 1)[1]
+    elif line.startswith(b"want "):
+        caps = b" ".join(line.split(b" ")[2:])
+    else:
+        return frozenset()
+    return frozenset(c.decode("ascii", "replace") for c in caps.split() if c)

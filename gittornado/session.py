@@ -4,76 +4,34 @@ This is the only place 401, 403, 404 and 429 are decided (SPEC "Status codes"),
 so HTTP, WebSocket and SSH cannot disagree, and the answer never depends on
 whether a repository the requester may not read exists.
 
-The pluggable parts are duck-typed so an embedding app can bring its own:
-
-* an *access* object has ``check(request) -> Grant | (read, write)``, or is
-  such a callable; sync or ``async``; it raises ``BadCredentials`` for a wrong
-  password;
-* a *lookup* object has ``lookup(name) -> path | Repository | None``, or is
-  such a callable; sync or ``async``.
+The policy is an ``Authorizer`` (and, when it checks passwords, an
+``Authenticator``) from ``gittornado.rights``; the older duck-typed shapes are
+adapted by ``gittornado.legacy``. The repository *lookup* is duck-typed: it has
+``lookup(name) -> path | Repository | None``, or is such a callable; sync or
+``async``.
 """
 
 from __future__ import annotations
 
-import inspect
-import os
+import dataclasses
 import logging
+import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from .errors import Forbidden, NotFound, TooManyRequests, Unauthorized
+from .legacy import adapt, call_hook
 from .repos import Repository, RepositoryLookup, is_git_dir, normalize_name
+from .rights import AccessRequest, BadCredentials, Credentials, Grant
 from .services import READ, WRITE
 
 __all__ = [
     "Credentials", "AccessRequest", "Grant", "Session", "BadCredentials",
-    "OpenAccess", "Throttle", "Gate",
+    "OpenAccess", "Throttle", "Gate", "call_hook",
 ]
 
 app_log = logging.getLogger("gittornado.application")
-
-
-class BadCredentials(Exception):
-    """Raised by an access object when a user name/password pair is wrong."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass
-class AccessRequest:
-    """What a transport asks: may this requester do ``operation`` on ``repo``?"""
-
-    repo: str                            #: canonical public name, no ``.git``
-    operation: str                       #: ``services.READ`` or ``services.WRITE``
-    credentials: Credentials | None = None
-    remote_addr: str = ""
-    transport: str = "http"
-    user: str | None = None              #: already authenticated (SSH forced command)
-    native_request: Any = None           #: the transport's own request, for adapters
-
-
-@dataclass(frozen=True)
-class Grant:
-    """An access object's answer for one requester on one repository name."""
-
-    user: str | None
-    read: bool
-    write: bool
-    #: False when no credentials could change the answer (no access file at all):
-    #: denials are then 403/404, never a pointless password prompt.
-    ask_credentials: bool = True
-    #: Where the repository really is: a name for the lookup (API path mapping)...
-    real_name: str | None = None
-    #: ...or a path on disk the access object resolved itself (legacy ``gitlookup``).
-    path: str | None = None
-    #: Extra environment for git and its hooks (custom hook paths, ...).
-    env: dict[str, str] = field(default_factory=dict)
-    rule: str | None = None              #: which rule granted it, for logs/check-access
 
 
 @dataclass(frozen=True)
@@ -87,9 +45,18 @@ class Session:
 
 
 class OpenAccess:
-    """The policy with no access file: everyone reads, nobody pushes (credentials ignored)."""
+    """The policy with no access file: everyone reads, nobody pushes.
+
+    Deliberately no ``authenticate``: credentials are ignored rather than
+    checked, so a wrong password is never a 401 here and a push is a 403
+    whoever asks (no credentials could help).
+    """
+
+    async def authorize(self, request: AccessRequest) -> Grant:
+        return self.check(request)
 
     def check(self, request: AccessRequest) -> Grant:
+        """The 0.2 access protocol, for code that called it directly."""
         return Grant(user=None, read=True, write=False, ask_credentials=False)
 
 
@@ -140,48 +107,57 @@ class Throttle:
             self._failures.pop(next(iter(self._failures)))
 
 
-async def call_hook(obj: Any, method: str, *args: Any) -> Any:
-    """``obj.method(*args)``, or ``obj(*args)`` if it has no such method; awaited if async.
-
-    How every pluggable part (access, lookup, legacy callables) is called.
-    """
-    fn = getattr(obj, method, None) or obj
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 class Gate:
-    """``decide(request) -> Session`` or raise the error whose status SPEC prescribes."""
+    """``decide(request) -> Session`` or raise the error whose status SPEC prescribes.
+
+    :arg access: an ``Authorizer`` (also used as the ``Authenticator`` when it
+        has ``authenticate``), or an older shape ``legacy.adapt`` accepts;
+        default ``OpenAccess``.
+    :arg lookup: repository lookup; default ``RepositoryLookup(gitbase)``.
+    :arg throttle: counts failed logins per address (None: no throttling).
+    """
 
     def __init__(self, access: Any = None, lookup: Any = None, *, gitbase: str = ".",
                  throttle: Throttle | None = None) -> None:
         self.access = access if access is not None else OpenAccess()
+        self.authenticator, self.authorizer = adapt(self.access)
         self.lookup = lookup if lookup is not None else RepositoryLookup(gitbase)
         self.throttle = throttle
 
-    async def _grant(self, request: AccessRequest) -> Grant:
-        addr = request.remote_addr
-        if request.credentials is not None and self.throttle is not None:
-            wait = self.throttle.retry_after(addr)
+    def _login_failed(self, addr: str) -> NoReturn:
+        if self.throttle is not None and self.throttle.failure(addr):
+            app_log.warning("too many failed logins from %s: refusing logins for %ds",
+                            addr, int(self.throttle.block))
+        raise Unauthorized("invalid username or password") from None
+
+    async def authenticate(self, request: AccessRequest) -> AccessRequest:
+        """``request`` with ``user`` set to whom its credentials prove; 401 or 429 when they fail.
+
+        Blocked addresses are refused before any password is checked. Without
+        an authenticator (or with a user the transport already vouched for)
+        the request is returned as is: the policy sees the credentials itself.
+        """
+        if request.credentials is None:
+            return request
+        if self.throttle is not None:
+            wait = self.throttle.retry_after(request.remote_addr)
             if wait is not None:
                 raise TooManyRequests(wait)
+        if self.authenticator is None or request.user is not None:
+            return request
         try:
-            answer = await call_hook(self.access, "check", request)
+            user = await self.authenticator.authenticate(request.credentials)
         except BadCredentials:
-            if self.throttle is not None and self.throttle.failure(addr):
-                app_log.warning("too many failed logins from %s: refusing logins for %ds",
-                                addr, int(self.throttle.block))
-            raise Unauthorized("invalid username or password") from None
-        if isinstance(answer, Grant):
-            return answer
-        read, write = answer
-        # A bare (read, write) answer never vouched for the user name the client
-        # sent, so that name does not reach hooks or logs; but credentials it
-        # did not refuse were accepted, so asking for them again cannot help.
-        return Grant(user=request.user, read=bool(read), write=bool(write),
-                     ask_credentials=request.user is None and request.credentials is None)
+            self._login_failed(request.remote_addr)
+        if not isinstance(user, str) or not user:
+            raise TypeError(f"{self.authenticator!r} authenticated {user!r}, not a user name")
+        return dataclasses.replace(request, user=user)
+
+    async def _authorize(self, request: AccessRequest) -> Grant:
+        try:
+            return await self.authorizer.authorize(request)
+        except BadCredentials:  # an adapted policy that checks passwords itself
+            self._login_failed(request.remote_addr)
 
     async def _find(self, name: str) -> Repository | None:
         found = await call_hook(self.lookup, "lookup", name)
@@ -193,13 +169,13 @@ class Gate:
         name = normalize_name(request.repo)
         if name is None:
             raise NotFound()
-        request.repo = name
-        grant = await self._grant(request)
+        request = await self.authenticate(dataclasses.replace(request, repo=name))
+        grant = await self._authorize(request)
         # Look the repository up whatever the grant says, so the time taken does
         # not tell a reader without rights whether it exists.
         if grant.path is not None:
-            # A path chosen by the access object (legacy gitlookup) must still
-            # be a git directory: anything else is as missing as no repository.
+            # A path chosen by the policy (legacy gitlookup) must still be a
+            # git directory: anything else is as missing as no repository.
             real = os.path.realpath(grant.path)
             repo: Repository | None = Repository(name, real) if is_git_dir(real) else None
         else:
@@ -222,12 +198,13 @@ class Gate:
     async def readable(self, names: list[str], request: AccessRequest) -> list[str]:
         """The subset of ``names`` the requester may read (the index page).
 
-        Wrong credentials raise ``Unauthorized`` (or ``TooManyRequests``) as for
-        any other request; a missing or unreadable repository is just left out.
+        The requester is authenticated once, then authorised per name. Wrong
+        credentials raise ``Unauthorized`` (or ``TooManyRequests``) as for any
+        other request; a missing or unreadable repository is just left out.
         """
+        request = await self.authenticate(dataclasses.replace(request, operation=READ))
         out = []
         for name in names:
-            request.repo, request.operation = name, READ
-            if (await self._grant(request)).read:
+            if (await self._authorize(dataclasses.replace(request, repo=name))).read:
                 out.append(name)
         return out

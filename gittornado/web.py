@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import tornado.web
@@ -18,9 +20,12 @@ import tornado.web
 from . import pktline
 from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from .repos import RepositoryLookup, has_encoded_separator
-from .session import AccessRequest, Credentials, Gate, Grant, Session, Throttle, call_hook
+from .legacy import legacy_access
+from .rights import AccessRequest, Credentials
+from .session import Gate, Session, Throttle
 
-__all__ = ["GitHandler", "parse_basic_auth", "NO_CACHE", "legacy_access", "make_gate"]
+__all__ = ["GitHandler", "GitConfig", "config_for", "parse_basic_auth", "NO_CACHE", "legacy_access",
+           "make_gate"]
 
 app_log = logging.getLogger("gittornado.application")
 
@@ -58,32 +63,6 @@ def parse_basic_auth(header: str | None) -> Credentials | None:
     return Credentials(username, password)
 
 
-class _LegacyAccess:
-    """Adapts the original GitTornado's ``auth(request) -> (read, write)`` and
-    ``gitlookup(request) -> path`` callables to the access protocol."""
-
-    def __init__(self, auth: Any = None, gitlookup: Any = None) -> None:
-        self.auth, self.gitlookup = auth, gitlookup
-
-    async def check(self, request: AccessRequest):
-        http = request.native_request
-        read, write = (True, False) if self.auth is None else await call_hook(self.auth, "__call__", http)
-        path = None
-        if self.gitlookup is not None:
-            path = await call_hook(self.gitlookup, "__call__", http)
-            if path is None:
-                read = write = False
-        # The original auth() never said who the user is, so no unverified name
-        # from the Authorization header reaches hooks or logs.
-        return Grant(user=None, read=bool(read), write=bool(write), path=path,
-                     ask_credentials=self.auth is not None and request.credentials is None)
-
-
-def legacy_access(auth: Any = None, gitlookup: Any = None) -> _LegacyAccess:
-    """An access object from the original GitTornado's ``auth``/``gitlookup`` callables."""
-    return _LegacyAccess(auth, gitlookup)
-
-
 def make_gate(access: Any = None, lookup: Any = None, gitbase: str = ".",
               throttle: Throttle | None = None, auth: Any = None, gitlookup: Any = None) -> Gate:
     """The gate for handler keyword arguments (the original config-dict keys included)."""
@@ -93,44 +72,96 @@ def make_gate(access: Any = None, lookup: Any = None, gitbase: str = ".",
                 throttle=throttle)
 
 
-class GitHandler(tornado.web.RequestHandler):
-    """Base of the git handlers: configured only through ``initialize(**kwargs)``.
+@dataclass(frozen=True)
+class GitConfig:
+    """Everything a git handler needs, validated once (by ``routes()``/``make_app``).
 
-    :arg access: access object or callable (see ``gittornado.session``); default
-        everyone reads, nobody pushes.
-    :arg lookup: repository lookup object or callable; default ``RepositoryLookup(gitbase)``.
-    :arg gitbase: root of the repositories when no ``lookup`` is given.
+    :arg gate: the access decision (``Gate``); built from the access keywords
+        by ``GitConfig.build``.
     :arg realm: Basic auth realm.
-    :arg throttle: a shared ``Throttle`` for failed logins (None: no throttling).
     :arg git: the git executable.
     :arg upload_pack_limit: cap on an inflated upload-pack request (413 beyond).
     :arg receive_pack_limit: cap on a push body, None for unbounded.
-    :arg direct_output: let git write fetch answers straight to plain-HTTP
-        sockets (default; see ``RPCHandler._answer_directly``).
-    :arg body_idle_timeout: seconds a request body may stall before the
-        connection is dropped and git stopped (None: never).
-    :arg auth, gitlookup, gitcommand: the original GitTornado's config keys, still honoured.
+    :arg direct_output: let the kernel move fetch answers from git's pipe into
+        plain-HTTP sockets (``os.splice``); False relays them through Python.
+    :arg body_idle_timeout: seconds git may wait for request data that does not
+        come before the request is dropped (None: never).
+    :arg send_timeout: seconds a client may take no answer data before git is
+        stopped and the connection dropped (None: never).
     """
 
     gate: Gate
+    realm: str = "gittornado"
+    git: str = "git"
+    upload_pack_limit: int | None = 64 * 1024 * 1024
+    receive_pack_limit: int | None = None
+    direct_output: bool = True
+    body_idle_timeout: float | None = 600.0
+    send_timeout: float | None = 600.0
 
-    def initialize(self, access: Any = None, lookup: Any = None, gitbase: str = ".",
-                   realm: str = "gittornado", throttle: Throttle | None = None,
-                   git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
-                   receive_pack_limit: int | None = None, gate: Gate | None = None,
-                   auth: Any = None, gitlookup: Any = None, gitcommand: str | None = None,
-                   auth_failed: Any = None, direct_output: bool = True,
-                   body_idle_timeout: float | None = 600.0) -> None:
+    @classmethod
+    def build(cls, *, access: Any = None, lookup: Any = None, gitbase: str = ".",
+              throttle: Throttle | None = None, gate: Gate | None = None, auth: Any = None,
+              gitlookup: Any = None, gitcommand: str | None = None, auth_failed: Any = None,
+              git: str = "git", **options: Any) -> GitConfig:
+        """The config for handler keyword arguments (the original GitTornado keys included:
+        ``auth``, ``gitlookup``, ``gitcommand``; ``auth_failed`` is accepted and unused)."""
+        del auth_failed
         if gate is None:
             gate = make_gate(access=access, lookup=lookup, gitbase=gitbase, throttle=throttle,
                              auth=auth, gitlookup=gitlookup)
-        self.gate = gate
-        self.realm = realm
-        self.git = gitcommand or git
-        self.upload_pack_limit = upload_pack_limit
-        self.receive_pack_limit = receive_pack_limit
-        self.direct_output = direct_output
-        self.body_idle_timeout = body_idle_timeout
+        config = cls(gate=gate, git=gitcommand or git, **options)
+        for name in ("upload_pack_limit", "receive_pack_limit"):
+            value = getattr(config, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None")
+        for name in ("body_idle_timeout", "send_timeout"):
+            value = getattr(config, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 or None")
+        return config
+
+
+#: Configs built from hand-written routes' keyword arguments, keyed by the
+#: identity of each value: Tornado passes the same objects on every request,
+#: so a route's gate (and its login throttle) is built once, not per request.
+_CONFIGS: dict[tuple, tuple[GitConfig, tuple]] = {}
+_CONFIGS_LOCK = threading.Lock()
+
+
+def config_for(kwargs: dict[str, Any]) -> GitConfig:
+    """The ``GitConfig`` for a route's ``initialize`` keywords, built once per route."""
+    config = kwargs.get("config")
+    if config is not None:
+        if len(kwargs) > 1:
+            raise TypeError("give either config= or the individual options, not both")
+        return config
+    key = tuple(sorted((k, id(v)) for k, v in kwargs.items()))
+    with _CONFIGS_LOCK:
+        hit = _CONFIGS.get(key)
+        if hit is None:
+            # The values are kept alive with the entry, so their ids stay theirs.
+            hit = _CONFIGS[key] = (GitConfig.build(**kwargs), tuple(kwargs.values()))
+    return hit[0]
+
+
+class GitHandler(tornado.web.RequestHandler):
+    """Base of the git handlers: configured only through ``initialize(**kwargs)``.
+
+    Pass ``config=GitConfig(...)`` (what ``routes()`` does), or the options
+    themselves as keywords (hand-written routes): ``access``, ``lookup``,
+    ``gitbase``, ``throttle``, ``gate`` and the fields of ``GitConfig``; the
+    original GitTornado keys ``auth``, ``gitlookup`` and ``gitcommand`` are
+    still honoured. An unknown keyword is a ``TypeError``, not ignored.
+    """
+
+    config: GitConfig
+
+    def initialize(self, **kwargs: Any) -> None:
+        self.config = config = config_for(kwargs)
+        self.gate = config.gate
+        self.realm = config.realm
+        self.git = config.git
 
     # -- requests -> the gate ------------------------------------------------------
     async def decide(self, repo: str, operation: str) -> Session:

@@ -15,16 +15,21 @@ import statistics
 import time
 
 import pytest
-from passlib.hash import (apr_md5_crypt, argon2, bcrypt, ldap_salted_sha1, ldap_sha1,
-                          sha512_crypt)
+from passlib.hash import apr_md5_crypt, argon2, bcrypt, ldap_salted_sha1, ldap_sha1, sha512_crypt
 
-from gittornado.access import (AccessFile, AccessFileError, Policy, hash_password,
-                               hash_weakness, parse_access_file)
+from gittornado.access import (
+    AccessFile,
+    AccessFileError,
+    Policy,
+    hash_password,
+    hash_weakness,
+    parse_access_file,
+)
 from gittornado.errors import GitAccessError, TooManyRequests
 from gittornado.repos import RepositoryLookup
+from gittornado.rights import Authenticator, Authorizer
 from gittornado.services import READ, WRITE
-from gittornado.session import (AccessRequest, BadCredentials, Credentials, Gate, OpenAccess,
-                                Throttle)
+from gittornado.session import AccessRequest, BadCredentials, Credentials, Gate, OpenAccess, Throttle
 
 #: Cheap hashes for fixtures (cost 4); the timing test makes its own.
 FAST = bcrypt.using(rounds=4)
@@ -276,37 +281,61 @@ async def test_successful_logins_are_cached(tmp_path, monkeypatch):
     calls = []
     real = access.verify_password
     monkeypatch.setattr(access, "verify_password", lambda u, p: calls.append(u) or real(u, p))
-    assert await access.authenticate("alice", "pw")
-    assert await access.authenticate("alice", "pw")
+    assert await access.check_password("alice", "pw")
+    assert await access.authenticate(Credentials("alice", "pw")) == "alice"
     assert calls == ["alice"]
-    assert not await access.authenticate("alice", "other")        # failures are never cached
-    assert not await access.authenticate("alice", "other")
+    assert not await access.check_password("alice", "other")      # failures are never cached
+    assert not await access.check_password("alice", "other")
     assert calls == ["alice"] * 3
     # A new file (another password for alice) empties the cache.
     write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('new')}\n\n")
-    assert not await access.authenticate("alice", "pw")
-    assert await access.authenticate("alice", "new")
+    assert not await access.check_password("alice", "pw")
+    assert await access.check_password("alice", "new")
 
 
-async def test_preauthenticated_user_skips_the_password(tmp_path):
+async def test_authorize_uses_the_authenticated_user_only(tmp_path):
     access = AccessFile(write(tmp_path / "a.ini", "[access]\nalice = app=rw\n"))
-    grant = await access.check(AccessRequest("app", WRITE, user="alice", transport="ssh"))
+    assert isinstance(access, Authenticator) and isinstance(access, Authorizer)
+    grant = await access.authorize(AccessRequest("app", WRITE, user="alice", transport="ssh"))
     assert (grant.user, grant.read, grant.write) == ("alice", True, True)
     assert grant.rule == "line 2: alice = app=rw"
+    # Unverified credentials are not a user: authorize never looks at them.
+    grant = await access.authorize(AccessRequest("app", WRITE, Credentials("alice", "x")))
+    assert (grant.user, grant.read, grant.write, grant.ask_credentials) == (None, False, False, True)
 
 
 async def test_wrong_password_raises_bad_credentials(tmp_path):
     access = AccessFile(write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\n"))
+    with pytest.raises(BadCredentials):
+        await access.authenticate(Credentials("alice", "nope"))
+    with pytest.raises(BadCredentials):
+        await access.authenticate(Credentials("nobody", "pw"))
+
+
+async def test_check_is_authenticate_then_authorize(tmp_path):
+    """``check`` (the 0.2 access protocol) still works for code that calls it directly."""
+    access = AccessFile(write(tmp_path / "a.ini",
+                              f"[users]\nalice = {FAST.hash('pw')}\n[access]\nalice = app=rw\n"))
+    grant = await access.check(AccessRequest("app", WRITE, Credentials("alice", "pw")))
+    assert (grant.user, grant.write) == ("alice", True)
+    grant = await access.check(AccessRequest("app", WRITE, user="alice", transport="ssh"))
+    assert (grant.user, grant.write) == ("alice", True)
     with pytest.raises(BadCredentials):
         await access.check(AccessRequest("app", READ, Credentials("alice", "nope")))
     with pytest.raises(BadCredentials):
         await access.check(AccessRequest("app", READ, Credentials("nobody", "pw")))
 
 
+async def test_two_argument_authenticate_still_answers_a_bool(tmp_path):
+    access = AccessFile(write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\n"))
+    assert await access.authenticate("alice", "pw") is True
+    assert await access.authenticate("alice", "nope") is False
+
+
 # -- hot reload ------------------------------------------------------------------------------
 
 async def rights(access: AccessFile, user: str | None, repo: str) -> tuple[bool, bool]:
-    grant = await access.check(AccessRequest(repo, READ, user=user))
+    grant = await access.authorize(AccessRequest(repo, READ, user=user))
     return grant.read, grant.write
 
 
@@ -362,8 +391,8 @@ async def test_plaintext_password_edit_is_refused(tmp_path, log_watch):
     path = write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\n")
     access = AccessFile(path, check_interval=0)
     write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\nbob = hunter2\n")
-    assert await access.authenticate("alice", "pw")
-    assert not await access.authenticate("bob", "hunter2")
+    assert await access.check_password("alice", "pw")
+    assert not await access.check_password("bob", "hunter2")
     assert len(errors(log_watch)) == 1 and "line 3" in errors(log_watch)[0].getMessage()
 
 
@@ -518,9 +547,19 @@ def table_file(tmp_path_factory):
     return write(tmp_path_factory.mktemp("table") / "table.ini", TABLE_FILE.format(**hashes))
 
 
-@pytest.fixture
-def table_gate(table_file, readonly_base):
-    return Gate(AccessFile(table_file), RepositoryLookup(str(readonly_base)))
+class CheckOnly:
+    """The access file seen through the 0.2 access protocol (``check`` alone), as
+    an embedding app's own wrapper would: the adapted path must decide alike."""
+
+    def __init__(self, access: AccessFile) -> None:
+        self.check = access.check
+
+
+@pytest.fixture(params=["typed", "check-only"])
+def table_gate(request, table_file, readonly_base):
+    access = AccessFile(table_file)
+    return Gate(access if request.param == "typed" else CheckOnly(access),
+                RepositoryLookup(str(readonly_base)))
 
 
 @pytest.mark.parametrize("user, repo, op, expected", CASES,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import logging
 import os
 import re
 import zlib
@@ -339,7 +340,7 @@ def test_dumb_symlinked_file_out_of_the_repository_is_404(server, gitbase, tmp_p
     assert status == 404 and b"top secret" not in body
 
 
-# -- fetch answers written by git straight to the socket --------------------------------------
+# -- fetch answers spliced from git's pipe into the socket ------------------------------------
 
 def _big_repo(gitbase, tmp_path, mib=8):
     work = tmp_path / "big"
@@ -356,16 +357,20 @@ def _fetch_request(oid):
             + pktline.encode(f"want {oid}\n".encode()) + pktline.encode(b"done\n") + pktline.FLUSH)
 
 
-def test_direct_answer_is_close_delimited_and_audited(server, gitbase, tmp_path, log_watch):
+@pytest.mark.parametrize("direct", [True, False])
+def test_fetch_answer_is_chunked_and_audited(serve, gitbase, tmp_path, log_watch, direct):
+    server = serve(direct_output=direct)
     oid = _big_repo(gitbase, tmp_path, mib=2)
     status, headers, body = _ls_refs(server, _fetch_request(oid))
-    assert status == 200 and headers["Connection"] == "close"
+    assert status == 200 and headers.get("Connection") != "close"
     assert headers["Content-Type"] == "application/x-git-upload-pack-result"
-    assert "Content-Length" not in headers and "Transfer-Encoding" not in headers
+    assert headers["Transfer-Encoding"] == "chunked"
     assert b"packfile\n" in body and len(body) > 2 * 1024 * 1024
-    audit = [r.getMessage() for r in log_watch.records if r.name == "gittornado.audit"][-1]
+    records = [r for r in log_watch.records if r.name == "gittornado.audit"]
+    audit = records[-1].getMessage()
+    assert " result=ok" in audit and records[-1].levelno == logging.INFO
     out = int(re.search(r" out=(\d+)", audit).group(1))
-    assert abs(out - len(body)) < 1024, (out, len(body))
+    assert out == len(body), (out, len(body))
     assert re.search(r" in=(\d+)", audit).group(1) == str(len(_fetch_request(oid)))
 
 
