@@ -29,7 +29,7 @@ class AnswerState:
     """Tracks one answer: packet boundaries and whether it has switched to side-band."""
 
     __slots__ = ("sideband", "_after_negotiation", "_hdr", "remaining", "_head", "_want",
-                 "broken", "seen")
+                 "broken", "seen", "lost")
 
     def __init__(self, *, sideband: bool = False, sideband_after_negotiation: bool = False) -> None:
         #: True once git's answer is multiplexed (the late error goes out on band 3).
@@ -44,6 +44,8 @@ class AnswerState:
         self.broken = False
         #: Bytes passed so far, fed or skipped.
         self.seen = 0
+        #: Bytes went by unseen past packet boundaries: where one starts is unknown.
+        self.lost = False
 
     def expect_sideband(self, *, now: bool = False, after_negotiation: bool = False) -> None:
         """What the client's request said: ``side-band(-64k)`` from the start (push
@@ -97,6 +99,12 @@ class AnswerState:
             self.remaining -= n
         self.seen += n
 
+    def skipped_unseen(self, n: int) -> None:
+        """``n`` bytes went by without anyone reading headers (a spliced pack)."""
+        if n:
+            self.lost = True
+            self.seen += n
+
     def _header(self, header: bytes) -> None:
         if not all(c in _HEX for c in header):
             self.broken = True
@@ -126,9 +134,10 @@ class AnswerState:
     def late_error(self, message: str) -> bytes:
         """Bytes that end the answer with ``message`` shown by git as a remote error.
 
-        Empty when the answer is not pkt-lines (nothing in-band can help).
+        Empty when the answer is not pkt-lines or its boundaries were lost
+        (nothing in-band can help: the transport must cut the answer short).
         """
-        if self.broken:
+        if self.broken or self.lost:
             return b""
         pad = b""
         if self._hdr:

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import tempfile
 import termios
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Callable
@@ -112,6 +113,12 @@ def git_env(base: dict[str, str], *, user: str | None, repo: str, transport: str
 _PIPE_SIZE = 1024 * 1024
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) \
     | getattr(os, "SPLICE_F_MORE", 4)
+#: After this much of a multiplexed answer, the rest (the pack) is spliced unseen.
+_BULK_AFTER = 256 * 1024
+#: A frame of the pack waits for at least this much in the pipe...
+_COALESCE = 256 * 1024
+#: ...or this long (seconds), whichever comes first.
+_COALESCE_WAIT = 0.004
 #: Grace git gets after losing its input/output before SIGTERM, then as long before SIGKILL.
 _GRACE = 2.0
 
@@ -305,6 +312,7 @@ class GitRun:
         self._closed = False
         #: Held by whoever reads git's output, so stopping never closes the pipe under them.
         self._out_lock = asyncio.Lock()
+        self._pump_wake: int | None = None
         self._done = loop.create_future()
         if spool:
             self._spool = tempfile.TemporaryFile(prefix="gittornado-")
@@ -442,103 +450,45 @@ class GitRun:
         Each frame is ``frame(n)`` + n bytes + ``tail`` (HTTP chunks; WebSocket
         frames). Payloads move pipe -> socket inside the kernel (``os.splice``);
         only pkt-line headers and small packets pass through Python, which is
-        what ``answer`` needs to place a late error. Raises ``PeerGone`` when
-        the socket fails or the run is aborted.
+        what ``answer`` needs to place a late error. The pump runs on a thread
+        of its own with blocking waits: git writes a pack in pieces as it makes
+        it, and an event-loop turn per piece cost ten times the CPU. Raises
+        ``PeerGone`` when the socket fails or the run is stopped.
         """
         async with self._out_lock:
-            await self._splice_all(sock, frame, tail)
+            fd = self._stdout()
+            if fd is None:
+                return
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future = loop.create_future()
+            wake_r, wake_w = os.pipe()
+            self._pump_wake = wake_w
 
-    async def _splice_all(self, sock: socket.socket, frame: Callable[[int], bytes], tail: bytes) -> None:
-        fd = self._stdout()
-        if fd is None:
-            return
-        sfd = sock.fileno()
-        state = self.answer
-        pending = bytearray()
-        carry = b""
-        try:
-            while True:
-                if state.remaining and not state.wants:
-                    n = state.remaining
-                    await self._send(sock, carry + frame(len(pending) + n) + pending)
-                    pending.clear()
-                    carry = tail
-                    if not await self._splice(fd, sock, sfd, n):
-                        break  # git's output ended inside the packet (padded)
-                    continue
+            def settle(exc: BaseException | None) -> None:
+                if not done.done():
+                    done.set_exception(exc) if exc is not None else done.set_result(None)
+
+            def run() -> None:
                 try:
-                    data = os.read(fd, state.wants + 5)
-                except BlockingIOError:
-                    if pending:
-                        await self._send(sock, carry + frame(len(pending)) + pending)
-                        pending.clear()
-                        carry = tail
-                    self._peer_wait_since = None
-                    await self._wait(_fd_ready(fd))
-                    continue
-                if not data:
-                    break
-                state.feed(data)
-                self.op.bytes_out += len(data)
-                pending += data
-                if len(pending) >= CHUNK_SIZE:
-                    await self._send(sock, carry + frame(len(pending)) + pending)
-                    pending.clear()
-                    carry = tail
-            if pending:
-                await self._send(sock, carry + frame(len(pending)) + pending)
-                carry = tail
-            if carry:
-                await self._send(sock, carry)
-        except OSError as exc:
-            raise PeerGone(f"client connection failed: {exc.strerror or exc}") from None
-        finally:
-            self._peer_wait_since = None
-        self._close_stdout()
-
-    async def _splice(self, fd: int, sock: socket.socket, sfd: int, n: int) -> bool:
-        """Move exactly ``n`` bytes of the current packet; False if git's output ended first."""
-        loop = asyncio.get_running_loop()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(sfd, select.POLLOUT)
-        while n:
-            try:
-                moved = os.splice(fd, sfd, n, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                ready = dict(poller.poll(0))
-                if not ready.get(fd, 0) & (select.POLLIN | select.POLLHUP):
-                    self._peer_wait_since = None
-                    await self._wait(_fd_ready(fd))
+                    _SplicePump(self, fd, sock, frame, tail, wake_r).run()
+                except BaseException as exc:  # handed to the loop, raised there
+                    loop.call_soon_threadsafe(settle, exc)
                 else:
-                    if self._peer_wait_since is None:
-                        self._peer_wait_since = loop.time()
-                    await self._wait(_fd_ready(sfd, write=True))
-                continue
-            if moved == 0:
-                # git died mid-packet: pad it out so the late error lands on a boundary.
-                self.answer.skipped(n)
-                await self._send(sock, b"\0" * n)
-                return False
-            n -= moved
-            self.answer.skipped(moved)
-            self.op.bytes_out += moved
-            self._peer_wait_since = None
-        return True
+                    loop.call_soon_threadsafe(settle, None)
 
-    async def _send(self, sock: socket.socket, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        loop = asyncio.get_running_loop()
-        while view:
+            threading.Thread(target=run, name="gittornado-splice", daemon=True).start()
             try:
-                sent = sock.send(view, socket.MSG_MORE)
-            except BlockingIOError:
-                if self._peer_wait_since is None:
-                    self._peer_wait_since = loop.time()
-                await self._wait(_fd_ready(sock.fileno(), write=True))
-                continue
-            view = view[sent:]
-        self._peer_wait_since = None
+                if self.abort_reason is not None or self._stopping:
+                    os.write(wake_w, b"x")
+                # Not cancellable from outside: the thread must be out before the
+                # pipe may be closed; stopping the run wakes it instead.
+                await asyncio.shield(done)
+            finally:
+                self._pump_wake = None
+                os.close(wake_w)
+                os.close(wake_r)
+                self._peer_wait_since = None
+            self._close_stdout()
 
     async def _wait(self, awaitable) -> object:
         """Await ``awaitable`` unless the run is aborted meanwhile (then ``PeerGone``)."""
@@ -574,13 +524,17 @@ class GitRun:
         await self._finish()
         return status
 
-    def trailer(self) -> bytes:
-        """What to append after git's answer: a late error if git failed, else nothing."""
+    def trailer(self) -> bytes | None:
+        """What to append after git's answer: a late error if git failed, else nothing.
+
+        None when git failed where no in-band error can be placed (the pack's
+        boundaries were not tracked): the transport must cut its answer short.
+        """
         if self.exit_status in (0, None) and self.abort_reason is None:
             return b""
         if self.answer.seen == 0:
             return pktline.error_line(f"{self.service.name} failed on the server (see its log)")
-        return self.answer.late_error(f"{self.service.name} died on the server (see its log)")
+        return self.answer.late_error(f"{self.service.name} died on the server (see its log)") or None
 
     def late_error(self, message: str) -> bytes:
         return self.answer.late_error(message)
@@ -603,8 +557,13 @@ class GitRun:
             self._on_abort(reason)
         self._stop()
 
-    def close(self) -> None:
-        """The transport is done with the run, on whatever path: nothing may be left behind."""
+    def close(self, reason: str | None = None) -> None:
+        """The transport is done with the run, on whatever path: nothing may be left behind.
+
+        ``reason`` (the transport refused the request) makes the audit say so.
+        """
+        if reason and self.abort_reason is None and not self._exited.done():
+            self.abort_reason = reason
         if self.done or self._stopping:
             return
         if self._child is not None and self._exited.done():
@@ -618,6 +577,11 @@ class GitRun:
         self._stopping = True
         for waiter in list(self._waiters):
             waiter.cancel()  # whoever waits on the peer or git's output gets PeerGone
+        if self._pump_wake is not None:
+            try:
+                os.write(self._pump_wake, b"x")
+            except OSError:
+                pass
         self._task(self._stop_git())
 
     async def _stop_git(self) -> None:
@@ -764,6 +728,117 @@ class GitRun:
         if text:
             op = self.op
             app_log.warning("git %s repo=%s user=%s: %s", op.service, op.repo, op.user or "-", text)
+
+
+class _SplicePump:
+    """The blocking loop behind ``GitRun.splice_into``, on its own thread."""
+
+    def __init__(self, run: GitRun, fd: int, sock: socket.socket, frame: Callable[[int], bytes],
+                 tail: bytes, wake: int) -> None:
+        self.git_run, self.fd, self.sock, self.sfd = run, fd, sock, sock.fileno()
+        self.frame, self.tail, self.wake = frame, tail, wake
+
+    def run(self) -> None:
+        try:
+            self._pump()
+        except OSError as exc:
+            raise PeerGone(f"client connection failed: {exc.strerror or exc}") from None
+
+    def _pump(self) -> None:
+        run, fd, frame, tail = self.git_run, self.fd, self.frame, self.tail
+        state = run.answer
+        carry = b""
+        # Until the pack flows, every byte passes through Python and the answer's
+        # state is exact (small: acknowledgements, sections, ref lists, reports).
+        while not (state.sideband and state.seen >= _BULK_AFTER):
+            try:
+                data = os.read(fd, CHUNK_SIZE)
+            except BlockingIOError:
+                self._wait(pipe=True)
+                continue
+            if not data:
+                if carry:
+                    self._send(carry)
+                return
+            state.feed(data)
+            run.op.bytes_out += len(data)
+            self._send(carry + frame(len(data)) + data)
+            carry = tail
+        # The pack: git (2.39) writes it in 8 KiB packets, and a Python step per
+        # packet cost 0.3 s of CPU per 300 MiB. So from here the kernel moves
+        # whatever the pipe holds, in frames of up to the pipe's size, unseen.
+        while True:
+            hup = self._wait(pipe=True)
+            n = _pending(fd)
+            if n < _COALESCE and not hup:
+                # Let git write more before the next frame (it does not wait for us:
+                # the pipe holds a megabyte).
+                hup = self._pause(_COALESCE_WAIT)
+                n = _pending(fd)
+            if n == 0:
+                if hup:
+                    break
+                continue
+            self._send(carry + frame(n))
+            carry = tail
+            self._splice(n)
+        if carry:
+            self._send(carry)
+
+    def _splice(self, n: int) -> None:
+        """Move exactly ``n`` bytes that are already in the pipe into the socket."""
+        run = self.git_run
+        while n:
+            try:
+                moved = os.splice(self.fd, self.sfd, n, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                self._wait(sock=True)
+                continue
+            if moved == 0:
+                raise PeerGone("git's output shrank")  # cannot happen: the bytes were there
+            n -= moved
+            run.answer.skipped_unseen(moved)
+            run.op.bytes_out += moved
+
+    def _send(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view, socket.MSG_MORE):]
+            except BlockingIOError:
+                self._wait(sock=True)
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep unless woken (then ``PeerGone``); True if git's output has ended."""
+        poller = select.poll()
+        poller.register(self.wake, select.POLLIN)
+        if poller.poll(int(seconds * 1000)):
+            raise PeerGone(self.git_run.abort_reason or "client went away")
+        check = select.poll()
+        check.register(self.fd, select.POLLIN)
+        return bool(dict(check.poll(0)).get(self.fd, 0) & select.POLLHUP)
+
+    def _wait(self, *, pipe: bool = False, sock: bool = False, timeout: float | None = None) -> bool:
+        """Block until git wrote more (or ended: returns True) or the client took more."""
+        run = self.git_run
+        poller = select.poll()
+        poller.register(self.wake, select.POLLIN)
+        if pipe:
+            poller.register(self.fd, select.POLLIN)
+        if sock:
+            poller.register(self.sfd, select.POLLOUT)
+            if run._peer_wait_since is None:
+                run._peer_wait_since = time.monotonic()
+        else:
+            run._peer_wait_since = None
+        events = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
+        if self.wake in events:
+            raise PeerGone(run.abort_reason or "client went away")
+        if events.get(self.sfd, 0) & (select.POLLERR | select.POLLHUP):
+            raise PeerGone("client connection closed")
+        if not sock or events.get(self.sfd, 0) & select.POLLOUT:
+            run._peer_wait_since = None
+        return bool(events.get(self.fd, 0) & select.POLLHUP)
 
 
 def _current_task_cancelling() -> bool:

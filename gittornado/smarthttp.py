@@ -77,8 +77,11 @@ class _ServiceHandler(GitHandler):
     def _drop(self, reason: str) -> None:
         """The run gave up on this client: hang up (the reason is in the run's log line)."""
         self._failed = True
-        if self.request.connection is not None and hasattr(self.request.connection, "close"):
-            self.request.connection.close()
+        # The stream, not the HTTP connection: closing the connection drops its
+        # write callbacks, and a flush() waiting on a stuck client never returns.
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.close()
 
     def _splice_socket(self):
         """The plain socket to splice the answer into, or None to relay through Python.
@@ -121,6 +124,12 @@ class _ServiceHandler(GitHandler):
                     await self.flush()
             await run.wait()
             trailer = run.trailer()
+            if trailer is None:
+                # git failed inside a pack whose packet boundaries went by unseen:
+                # no in-band error can be placed, so the answer is cut short
+                # (no final chunk) and the client cannot take it for complete.
+                self.request.connection.close()
+                return
             if trailer:
                 self.write(trailer)
             self.finish()
@@ -169,10 +178,30 @@ class RPCHandler(_ServiceHandler):
     ALLOWED = ("POST",)
     #: Until prepare() accepted the request, body bytes are not ours to look at.
     _failed = True
+    _in_post = False
+    #: A refusal decided before a small body arrived, answered once it has (keep-alive).
+    _deferred: GitAccessError | None = None
+    #: Bodies up to this size are read (and dropped) before a refusal is answered.
+    _DRAIN_LIMIT = 64 * 1024
+
+    def _body_unread(self) -> bool:
+        return self.request.method == "POST" and not self._in_post
 
     async def prepare(self) -> None:
         if self.request.method != "POST":
-            raise tornado.web.HTTPError(405)
+            return  # Tornado answers 405 once the (empty) body is read: keep-alive
+        try:
+            await self._prepare()
+        except GitAccessError as exc:
+            if self._small_body():
+                # git's auth probe and small fetch requests: read the few bytes, then
+                # answer, and the connection serves the next request.
+                self._deferred = exc
+                self.request.connection.set_max_body_size(self._DRAIN_LIMIT)
+                return
+            raise
+
+    async def _prepare(self) -> None:
         self.service = self._service(self.path_kwargs.get("service") or self.path_args[-1])
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip() != self.service.request_type:
@@ -250,11 +279,23 @@ class RPCHandler(_ServiceHandler):
 
     def _fail(self, exc: GitAccessError) -> None:
         self._failed = True
-        self.refuse(exc)
         if self.run is not None:
-            self.run.close()
+            self.run.close(reason=f"refused: {exc.status} {exc}")
+        if not self._in_post and self._small_body():
+            self._deferred = exc  # answered from post() once the rest is read: keep-alive
+            return
+        self.refuse(exc)
+
+    def _small_body(self) -> bool:
+        length = self.request.headers.get("Content-Length", "")
+        return length.isdigit() and int(length) <= self._DRAIN_LIMIT \
+            and "Transfer-Encoding" not in self.request.headers
 
     async def post(self, repo: str, service: str) -> None:
+        self._in_post = True
+        if self._deferred is not None:
+            self.refuse(self._deferred)
+            return
         if self._failed:
             return
         if self._inflater is not None and not self._inflater.eof:

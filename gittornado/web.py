@@ -187,6 +187,10 @@ class GitHandler(tornado.web.RequestHandler):
             return
         self.clear()
         self.set_status(exc.status)
+        if self._body_unread():
+            # Tornado hangs up after an answer given before the body was read:
+            # say so, so a client does not send its next request into a closing socket.
+            self.set_header("Connection", "close")
         if exc.status == 401:
             self.set_header("WWW-Authenticate", f'Basic realm="{self.realm}", charset="UTF-8"')
         retry = getattr(exc, "retry_after", None)
@@ -199,6 +203,10 @@ class GitHandler(tornado.web.RequestHandler):
             app_log.info("%s %s: %s", exc.status, self.request.path, exc.log_message)
         self.finish(f"{exc}\n")
 
+    def _body_unread(self) -> bool:
+        """True while a request body is still to be read (see ``RPCHandler``)."""
+        return False
+
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, GitAccessError):
             self.refuse(e)
@@ -207,6 +215,8 @@ class GitHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if self._body_unread():
+            self.set_header("Connection", "close")
         if status_code == 405:
             self.set_header("Allow", ", ".join(m for m in self.ALLOWED))
         self.finish(f"{status_code} {self._reason}\n")

@@ -266,3 +266,34 @@ def git_processes(path_fragment: str) -> list[str]:
         if ("receive-pack" in cmd or "upload-pack" in cmd) and path_fragment in cmd:
             found.append(cmd)
     return found
+
+
+def write_access_file(path: str | os.PathLike, passwords: dict[str, str], rules: str) -> str:
+    """Write an INI access file: ``passwords`` (user -> password) hashed, then ``[access]`` ``rules``.
+
+    bcrypt at 4 rounds: a real hash the server must verify, yet fast enough to
+    build one file per test.
+    """
+    from passlib.hash import bcrypt
+
+    fast = bcrypt.using(rounds=4)
+    users = "".join(f"{user} = {fast.hash(password)}\n" for user, password in passwords.items())
+    Path(path).write_text(f"[users]\n{users}[access]\n{rules}", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def acl_server(serve, tmp_path):
+    """A server under an access file; ``.passwords`` maps each user to its password.
+
+    alice reads and pushes everything, bob reads ``app`` and ``private``, carol
+    is a valid user with no rights, and anyone (anonymous included) reads ``public/*``.
+    ``.accessfile`` is the file's path, for another server under the same rules.
+    """
+    passwords = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+    path = write_access_file(tmp_path / "acl.ini", passwords,
+                             "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n")
+    server = serve(accessfile=path)
+    server.passwords = passwords
+    server.accessfile = path
+    return server
