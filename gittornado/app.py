@@ -63,14 +63,15 @@ def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> lis
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
+    aborted = getattr(handler, "aborted", False)
     # 401 is how every authenticated git session starts (git asks without a password first).
-    log = access_log.info if status < 400 or status == 401 else \
+    log = access_log.info if (status < 400 or status == 401) and not aborted else \
         access_log.warning if status < 500 else access_log.error
     session = getattr(handler, "session", None)
     user = getattr(session, "user", None) or "-"
     req = handler.request
-    log("%s %s %s %d %.1fms user=%s", req.remote_ip, req.method, req.uri, status,
-        1000.0 * req.request_time(), user)
+    log("%s %s %s %d %.1fms user=%s%s", req.remote_ip, req.method, req.uri, status,
+        1000.0 * req.request_time(), user, " aborted" if aborted else "")
 
 
 def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any = None,

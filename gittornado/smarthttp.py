@@ -128,16 +128,23 @@ class _ServiceHandler(GitHandler):
                 # git failed inside a pack whose packet boundaries went by unseen:
                 # no in-band error can be placed, so the answer is cut short
                 # (no final chunk) and the client cannot take it for complete.
-                self.request.connection.close()
+                self._abandon()
                 return
             if trailer:
                 self.write(trailer)
             self.finish()
         except (StreamClosedError, PeerGone):
             run.peer_gone()
-            if self.request.connection is not None and not self._finished:
-                # Mid-answer: the framing cannot be completed, so the connection goes.
-                self.request.connection.close()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """End an answer that cannot be completed: the connection goes, the access log says so."""
+        if self._finished:
+            return
+        self.aborted = True
+        self._log()
+        if self.request.connection is not None:
+            self.request.connection.close()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()

@@ -203,6 +203,22 @@ class GitHandler(tornado.web.RequestHandler):
             app_log.info("%s %s: %s", exc.status, self.request.path, exc.log_message)
         self.finish(f"{exc}\n")
 
+    #: The client left (or was dropped) before the answer ended; the access line says so.
+    aborted = False
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if not self._finished:
+            # Tornado logs a request only when it finishes: one that ends with the
+            # connection would leave no access line at all.
+            self.aborted = True
+            self._log()
+
+    def _log(self) -> None:
+        if not getattr(self, "_logged", False):
+            self._logged = True
+            super()._log()
+
     def _body_unread(self) -> bool:
         """True while a request body is still to be read (see ``RPCHandler``)."""
         return False

@@ -530,3 +530,63 @@ def test_push_posts_dropped_mid_body_release_git_and_descriptors(serve, gitbase)
     _wait_fds(baseline)
     assert refs(upstream) == before
     wait_for(lambda: not _quarantines(upstream), message="quarantines to be removed")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_git_dying_mid_answer_reaches_the_user_as_a_remote_error(serve, tmp_path, direct):
+    """The answer is cut inside a side-band packet: the run pads the packet out and adds a
+    band-3 message, so git prints why instead of a bare "early EOF" (spliced or relayed)."""
+    wrapper, _ = _git_wrapper(
+        tmp_path, '    "$REAL_GIT" "$@" | head -c 64\n    kill -KILL $$', service="upload-pack"
+    )
+    server = serve(git=wrapper, direct_output=direct)
+    proc = git(
+        "-c", "protocol.version=0", "clone", "-q", f"{server.url}/app", str(tmp_path / "w"), check=False
+    )
+    assert proc.returncode != 0
+    assert b"git-upload-pack died on the server" in proc.stderr, proc.stderr
+
+
+# -- logs that tell what happened (hardening finding 5) ------------------------------------
+
+
+def _access_lines(log_watch) -> list:
+    return [r for r in log_watch.records if r.name == "gittornado.access"]
+
+
+def test_aborted_push_has_an_access_line_and_an_aborted_audit(serve, gitbase, log_watch):
+    """A push whose client vanished mid-pack: one access line saying ``aborted``, and an
+    audit line that says ``result=aborted`` (receive-pack itself exits 0 after "unpack
+    failed", so ``exit=`` alone looks like success)."""
+    server = serve(access=AllowAll())
+    upstream = gitbase / "app.git"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(_post_head("/app", "git-receive-pack"))
+        sock.sendall(_chunked(_push_commands(rev(upstream, "main")) + _partial_pack()))
+        wait_for(lambda: git_processes(str(upstream)), message="receive-pack to start")
+    wait_for(lambda: not git_processes(str(upstream)), message="receive-pack to exit")
+    record = wait_for(lambda: _audit(log_watch, "git-receive-pack"), message="the audit line")[-1]
+    assert _result(record) == "aborted", record.getMessage()
+    lines = wait_for(
+        lambda: [r for r in _access_lines(log_watch) if "git-receive-pack" in r.getMessage()],
+        message="the access line",
+    )
+    assert len(lines) == 1 and lines[0].getMessage().endswith(" aborted"), [r.getMessage() for r in lines]
+    assert lines[0].levelname == "WARNING"
+
+
+def test_body_over_the_cap_is_logged_with_its_user(serve, tmp_path, log_watch):
+    """A 413 names who sent it (not Tornado's anonymous "Malformed HTTP message")."""
+    from conftest import write_access_file
+
+    path = write_access_file(tmp_path / "acl.ini", {"alice": "pw"}, "alice = **=rw\n")
+    server = serve(accessfile=path, receive_pack_limit=1000)
+    auth = "Authorization: Basic " + __import__("base64").b64encode(b"alice:pw").decode() + "\r\n"
+    status, _, _ = _send_then_read(
+        server.port, _post_head("/app", "git-receive-pack", length=5000, extra=auth), b"0" * 5000
+    )
+    assert status == 413
+    lines = wait_for(
+        lambda: [r for r in _access_lines(log_watch) if " 413 " in r.getMessage()], message="the 413 line"
+    )
+    assert "user=alice" in lines[-1].getMessage(), lines[-1].getMessage()

@@ -75,3 +75,59 @@ def test_parser_rejects_malformed_lengths(bad):
 def test_parser_accepts_maximum_length():
     payload = b"y" * 65516
     assert Parser().feed(b"fff0" + payload) == [payload]
+
+
+# -- Scanner: the request-body validator ----------------------------------------------------
+
+WANT = pktline.encode(b"want " + b"a" * 40 + b" multi_ack side-band-64k ofs-delta\n")
+
+
+@pytest.mark.parametrize("step", [1, 3, 4, 5, 7, 1000])
+def test_scanner_counts_the_same_however_the_body_is_cut(step):
+    body = WANT + pktline.encode(b"have " + b"b" * 40 + b"\n") * 3 + FLUSH + STREAM
+    scanner = pktline.Scanner()
+    for i in range(0, len(body), step):
+        scanner.feed(body[i:i + step])
+    assert scanner.packets == 5 + len(EXPECTED)
+    assert scanner.pending == 0
+    assert scanner.first == WANT[4:]
+
+
+def test_scanner_pending_marks_a_truncated_body():
+    scanner = pktline.Scanner()
+    scanner.feed(WANT + b"0032have ")
+    assert scanner.pending > 0
+    scanner = pktline.Scanner()
+    scanner.feed(b"00")
+    assert scanner.pending == 2
+
+
+def test_scanner_skips_runs_of_special_packets_without_a_step_each():
+    scanner = pktline.Scanner()
+    scanner.feed(FLUSH * 1000 + DELIM + RESPONSE_END + FLUSH)
+    assert scanner.packets == 1003 and scanner.pending == 0
+    scanner = pktline.Scanner()
+    scanner.feed(FLUSH * 3 + b"00")  # a run cut inside the next header
+    scanner.feed(b"06a\n")
+    assert scanner.packets == 4 and scanner.pending == 0 and scanner.first == b"a\n"
+
+
+@pytest.mark.parametrize("bad", [b"000300", b"zzzz", b"fff1" + b"x" * 8, b"0002" + b"+0a0"])
+def test_scanner_refuses_what_git_refuses(bad):
+    with pytest.raises(PktLineError):
+        pktline.Scanner().feed(bad)
+
+
+def test_scanner_until_flush_ignores_the_pack_after_the_commands():
+    commands = pktline.encode(b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main\0report-status\n")
+    scanner = pktline.Scanner(until_flush=True)
+    scanner.feed(commands + FLUSH + b"PACK\x00\x00\x00\x02not pkt-lines at all")
+    assert scanner.done and scanner.pending == 0
+    assert pktline.capabilities(scanner.first) == {"report-status"}
+
+
+def test_capabilities_of_want_and_command_lines():
+    assert pktline.capabilities(WANT[4:]) == {"multi_ack", "side-band-64k", "ofs-delta"}
+    assert pktline.capabilities(b"want " + b"a" * 40 + b"\n") == frozenset()
+    assert pktline.capabilities(None) == frozenset()
+    assert pktline.capabilities(b"command=ls-refs\n") == frozenset()
