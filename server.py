@@ -4,6 +4,7 @@ Run ``python server.py [GITBASE]`` and ``git clone http://127.0.0.1:8080/<repo>`
 """
 
 import asyncio
+import hmac
 import sys
 
 import tornado.web
@@ -17,13 +18,20 @@ def hello_wsgi(environ, start_response):  # any WSGI app: Flask, Django, klaus, 
 
 
 class Access:
-    """An access object as an app would write it (sync or async methods both work)."""
+    """An access object as an app would write it: the two protocols of ``gittornado.rights``.
 
-    async def check(self, request: gittornado.AccessRequest):
-        if request.credentials is not None:  # look the user up in your own database here
-            if request.credentials.password != "secret":
-                raise gittornado.BadCredentials(request.credentials.username)
-            return gittornado.Grant(user=request.credentials.username, read=True, write=True)
+    (The older ``check(request) -> Grant | (read, write)`` shape still works too.)
+    """
+
+    async def authenticate(self, credentials: gittornado.Credentials) -> str:
+        # Look the user up in your own database here; compare in constant time.
+        if not hmac.compare_digest(credentials.password.encode(), b"secret"):
+            raise gittornado.BadCredentials(credentials.username)
+        return credentials.username
+
+    async def authorize(self, request: gittornado.AccessRequest) -> gittornado.Grant:
+        if request.user is not None:
+            return gittornado.Grant(user=request.user, read=True, write=True)
         return gittornado.Grant(user=None, read=True, write=False)  # anonymous: read only
 
 
