@@ -155,8 +155,8 @@ class _Child:
 
 
 def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool | int = True,
-           stdout: bool = True, stderr: bool = True) -> _Child:
-    """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe.
+           stdout: bool | int = True, stderr: bool = True) -> _Child:
+    """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe (or a given fd).
 
     Like ``tornado.process.Subprocess``, but the streams are made only once
     the process exists: Subprocess wraps the pipes first and, when Popen
@@ -264,6 +264,11 @@ class GitRun:
       late error to append when git failed after its answer began.
     * ``peer_gone()`` when the client left; ``close()`` from the transport's
       last cleanup (safe to call always, and twice).
+    * Or, with ``wire=(in_fd, out_fd)``, none of the feeding and draining: git
+      inherits the two fds and talks to the peer itself (an SSH forced command,
+      whose stdin/stdout *are* the session: a pump would only copy bytes). The
+      run still owns the spawn, git's stderr, reaping, signals and the audit
+      line (with ``in=- out=-``: the bytes never pass through it); ``wait()``.
 
     The run decides, from the service's right and whether the input arrived
     whole: a push with complete input finishes (killing receive-pack between
@@ -279,7 +284,13 @@ class GitRun:
                  git_protocol: str | None = None, advertise: bool = False, stateless: bool = True,
                  spool: bool = False, git: str = "git", input_limit: int | None = None,
                  input_idle: float | None = None, output_idle: float | None = None,
-                 on_abort: Callable[[str], None] | None = None) -> None:
+                 on_abort: Callable[[str], None] | None = None,
+                 wire: tuple[int, int] | None = None) -> None:
+        if wire is not None and (spool or advertise or input_idle or output_idle):
+            raise ValueError("a wired run (git on the peer's own fds) cannot spool, advertise "
+                             "or watch idle times: no bytes pass through it")
+        #: git reads and writes the peer's fds itself (see the class docstring).
+        self._wired = wire is not None
         self.service = service
         self.protocol = protocol_version(git_protocol)
         repo = session.repo
@@ -301,6 +312,11 @@ class GitRun:
         self._writing = False
         loop = asyncio.get_running_loop()
         self._last_input = loop.time()
+        #: Full duplex (``stateless=False``: WebSocket, SSH): the client speaks in
+        #: answer to git, so git's output restarts the client's input clock too
+        #: (a long pack generation is git's silence, not the client's).
+        self._duplex = not stateless
+        self._last_output = self._last_input
         self._peer_wait_since: float | None = None
         self._peer_left = False
         self.abort_reason: str | None = None
@@ -316,6 +332,8 @@ class GitRun:
         self._done = loop.create_future()
         if spool:
             self._spool = tempfile.TemporaryFile(prefix="gittornado-")
+        elif wire is not None:
+            self._start(stdin=wire[0], stdout=wire[1])
         else:
             self._start(stdin=True)
             if advertise:
@@ -330,8 +348,8 @@ class GitRun:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _start(self, stdin: bool | int) -> None:
-        self._child = _spawn(self._argv, env=self._env, cwd=self._cwd, stdin=stdin)
+    def _start(self, stdin: bool | int, stdout: bool | int = True) -> None:
+        self._child = _spawn(self._argv, env=self._env, cwd=self._cwd, stdin=stdin, stdout=stdout)
         self._task(self._reap())
         self._stderr_task = self._task(self._log_stderr())
 
@@ -422,7 +440,7 @@ class GitRun:
                 return b""
         self.answer.feed(chunk)
         self.op.bytes_out += len(chunk)
-        self._peer_wait_since = asyncio.get_running_loop().time()
+        self._peer_wait_since = self._last_output = asyncio.get_running_loop().time()
         return chunk
 
     async def output_ready(self) -> None:
@@ -463,18 +481,28 @@ class GitRun:
             done: asyncio.Future = loop.create_future()
             wake_r, wake_w = os.pipe()
             self._pump_wake = wake_w
+            # The pump gets a socket of its own (a dup): the transport may close
+            # its fd at any moment (the client hung up), and a number closed
+            # under a running thread can be reused by another connection.
+            own = socket.socket(fileno=os.dup(sock.fileno()))
 
             def settle(exc: BaseException | None) -> None:
                 if not done.done():
                     done.set_exception(exc) if exc is not None else done.set_result(None)
 
+            finished = threading.Event()
+
             def run() -> None:
                 try:
-                    _SplicePump(self, fd, sock, frame, tail, wake_r).run()
+                    _SplicePump(self, fd, own, frame, tail, wake_r).run()
                 except BaseException as exc:  # handed to the loop, raised there
                     loop.call_soon_threadsafe(settle, exc)
                 else:
                     loop.call_soon_threadsafe(settle, None)
+                finally:
+                    own.close()
+                    os.close(wake_r)
+                    finished.set()
 
             threading.Thread(target=run, name="gittornado-splice", daemon=True).start()
             try:
@@ -485,8 +513,9 @@ class GitRun:
                 await asyncio.shield(done)
             finally:
                 self._pump_wake = None
-                os.close(wake_w)
-                os.close(wake_r)
+                os.close(wake_w)  # wakes the pump if it still runs (cancelled here)
+                if not finished.is_set():
+                    await loop.run_in_executor(None, finished.wait, 30.0)
                 self._peer_wait_since = None
             self._close_stdout()
 
@@ -590,6 +619,10 @@ class GitRun:
             await self._finish()
             return
         keep = self.service.right == WRITE and self.input_complete and self.abort_reason is None
+        if self._wired and self.abort_reason is None:
+            # git holds the peer's own fds: it sees the peer leave first-hand and
+            # ends as it would under git-shell (a push with all its input finishes).
+            keep = True
         if child.stdin is not None:
             child.stdin.close()
         drain = self.service.right == WRITE
@@ -670,8 +703,8 @@ class GitRun:
         """``ok``, ``failed`` (git exited non-zero) or ``aborted`` (the peer left or was dropped)."""
         if self.abort_reason is not None:
             return "aborted"
-        if self._peer_left and not (self.service.right == WRITE and self.input_complete
-                                    and self.exit_status == 0):
+        if self._peer_left and not self._wired and not (
+                self.service.right == WRITE and self.input_complete and self.exit_status == 0):
             return "aborted"
         if self._child is None:
             return "aborted"
@@ -682,9 +715,10 @@ class GitRun:
         result = self.result
         log = audit_log.info if result == "ok" else audit_log.warning
         log("user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
-            "in=%d out=%d duration=%.3fs exit=%s result=%s%s",
+            "in=%s out=%s duration=%.3fs exit=%s result=%s%s",
             op.user or "-", op.remote_addr or "-", op.repo, op.service, op.protocol,
-            op.transport, op.bytes_in, op.bytes_out, time.monotonic() - op.started,
+            op.transport, "-" if self._wired else op.bytes_in, "-" if self._wired else op.bytes_out,
+            time.monotonic() - op.started,
             self.exit_status if self._child is not None else "-", result,
             f" reason={self.abort_reason!r}" if self.abort_reason else "")
 
@@ -696,9 +730,10 @@ class GitRun:
         while not self._closed:
             await asyncio.sleep(step)
             now = loop.time()
+            last = max(self._last_input, self._last_output) if self._duplex else self._last_input
             if self._input_idle and not self.input_complete and not self._writing \
-                    and now - self._last_input >= self._input_idle:
-                self.abort(f"no request data for {now - self._last_input:.0f}s")
+                    and now - last >= self._input_idle:
+                self.abort(f"no request data for {now - last:.0f}s")
                 return
             since = self._peer_wait_since
             if self._output_idle and since is not None and now - since >= self._output_idle:
