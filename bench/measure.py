@@ -42,6 +42,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def proc_user_seconds(pid: int) -> float:
+    """utime of ``pid`` alone: the process's own (Python) work, without the kernel's."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _CLK_TCK
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all CPUs spent not idle (``/proc/stat``): client, server and git together."""
     with open("/proc/stat") as fh:
@@ -94,6 +101,7 @@ class CloneCase:
     times: list[float] = field(default_factory=list)
     server_pid: int | None = None
     server_cpu: list[float] = field(default_factory=list)  #: per clone, the server process only
+    server_user: list[float] = field(default_factory=list)  #: its utime alone, per clone
     server_peak_rss: float = 0.0
     machine_cpu: list[float] = field(default_factory=list)
 
@@ -114,6 +122,7 @@ def timed_clone(env: Env, case: CloneCase, dest: str, expect_head: str) -> float
     pid = case.server_pid
     sampler = RSSSampler(pid) if pid else None
     cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+    user0 = proc_user_seconds(pid) if pid else 0.0
     if sampler:
         sampler.start()
     try:
@@ -127,6 +136,7 @@ def timed_clone(env: Env, case: CloneCase, dest: str, expect_head: str) -> float
             sampler.__exit__()
     if pid and sampler:
         case.server_cpu.append(proc_cpu_seconds(pid) - cpu0)
+        case.server_user.append(proc_user_seconds(pid) - user0)
         case.server_peak_rss = max(case.server_peak_rss, sampler.max_mib)
     head = env.out("--git-dir", dest, "rev-parse", "refs/heads/main")
     if head != expect_head:
