@@ -10,15 +10,18 @@ import logging
 import re
 from typing import Any
 
+import tornado.routing
 import tornado.web
 
 from .access import AccessFile
+from .authapi import AuthAPI
 from .dumbhttp import FileHandler
 from .fallback import FallbackHandler, IndexApp
 from .repos import RepositoryLookup
 from .session import Gate, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
 from .web import GitConfig, config_for
+from .websocket import GitWebSocketHandler, WebSocketUpgrade
 
 __all__ = ["routes", "make_app"]
 
@@ -29,7 +32,10 @@ access_log = logging.getLogger("gittornado.access")
 # gate (normalize_name + realpath containment): routing is not a security check.
 _INFO_REFS = r"/(?P<repo>.+)/info/refs\Z"
 _RPC = r"/(?P<repo>.+)/(?P<service>git-[a-z-]+)\Z"
-_FILES = r"/(?P<repo>.+?)/(?P<path>HEAD|objects/(?:info/[a-z-]+|[0-9a-f]{2}/[0-9a-f]+|pack/pack-[0-9a-f]+\.(?:pack|idx)))\Z"
+_FILES = (
+    r"/(?P<repo>.+?)/(?P<path>HEAD|objects/"
+    r"(?:info/[a-z-]+|[0-9a-f]{2}/[0-9a-f]+|pack/pack-[0-9a-f]+\.(?:pack|idx)))\Z"
+)
 
 
 def _validate_prefix(prefix: str) -> str:
@@ -53,6 +59,8 @@ def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> lis
     kwargs = {"config": config}
     table = [
         tornado.web.url(p + _INFO_REFS, InfoRefsHandler, kwargs, name="info_refs"),
+        # ws://: the same URLs, only for a GET asking to upgrade (so before "rpc").
+        tornado.routing.Rule(WebSocketUpgrade(p + _RPC), GitWebSocketHandler, kwargs, name="ws"),
         tornado.web.url(p + _RPC, RPCHandler, kwargs, name="rpc"),
         tornado.web.url(p + _FILES, FileHandler, kwargs, name="files"),
     ]
@@ -80,12 +88,15 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
              git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
              receive_pack_limit: int | None = None, direct_output: bool = True,
              body_idle_timeout: float | None = 600.0, send_timeout: float | None = 600.0,
+             auth_api: str | None = None, allow_external_links: bool = False,
              **settings: Any) -> tornado.web.Application:
     """Build the gittornado ``Application``.
 
     :arg gitbase: directory holding the repositories (default lookup's root).
     :arg accessfile: INI access file path; exclusive with ``access``.
     :arg access: an access object or callable (see ``gittornado.session``).
+    :arg auth_api: URL of a Gitorious-style authorization API (``gittornado.authapi``);
+        exclusive with ``accessfile`` and ``access``.
     :arg lookup: a repository lookup object or callable.
     :arg prefix: mount point when a proxy forwards ``/prefix/...`` unchanged.
     :arg fallback: WSGI app for non-git URLs; default the built-in index page
@@ -99,14 +110,24 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         come before the connection is dropped and git stopped (default 600; None: never).
     :arg send_timeout: seconds a client may take none of an answer before git is
         stopped and the connection dropped (default 600; None: never).
+    :arg allow_external_links: the default lookup serves repositories whose
+        directory, ``objects/``, ``refs/`` (or alternates) resolve outside
+        ``gitbase`` (default False: such a repository is not found).
     :arg settings: passed to ``tornado.web.Application``.
     """
+    if allow_external_links and lookup is not None:
+        raise ValueError("allow_external_links is for the default lookup; give either, not both")
     if accessfile and access is not None:
         raise ValueError("give either accessfile or access, not both")
+    if auth_api and (accessfile or access is not None):
+        raise ValueError("give either auth_api or accessfile/access, not both")
     prefix = _validate_prefix(prefix)
     if accessfile:
         access = AccessFile(accessfile)
-    repo_lookup = lookup if lookup is not None else RepositoryLookup(gitbase)
+    if auth_api:
+        access = AuthAPI(auth_api)
+    repo_lookup = lookup if lookup is not None else RepositoryLookup(
+        gitbase, allow_external_links=allow_external_links)
     if throttle is True:
         throttle = Throttle()
     gate = Gate(access, repo_lookup, throttle=throttle or None)

@@ -11,7 +11,9 @@ import asyncio
 import getpass
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -31,6 +33,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--gitbase", "--root", dest="gitbase", default=".",
                    help="directory holding the repositories (default: current directory)")
     p.add_argument("--accessfile", help="INI users/groups/access file (reloaded when it changes)")
+    p.add_argument("--auth-api", metavar="URL",
+                   help="Gitorious-style authorization API instead of an access file")
     p.add_argument("--realm", default="gittornado", help="Basic auth realm")
     p.add_argument("--prefix", default="", help="mount point when a proxy forwards /prefix/... unchanged")
     p.add_argument("--processes", type=int, default=1, help="worker processes; 0 = one per CPU")
@@ -53,22 +57,41 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-block", type=float, default=60.0, metavar="SECONDS",
                    help="how long such an address is refused (default 60)")
     p.add_argument("--no-throttle", action="store_true", help="same as --login-failures 0")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="directory for state the worker processes share (the login throttle); "
+                        "default: in memory, or a temporary directory with --processes")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open connections per worker process, beyond which new ones get 503 "
+                        "(default: half the open-file limit; 0: no cap)")
+    p.add_argument("--max-connections-per-ip", type=int, default=None, metavar="N",
+                   help="open connections per client address (default 100, or none with "
+                        "--xheaders: the peer is then the proxy; 0: no cap)")
+    p.add_argument("--header-timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="time a request's headers may take (default 20)")
+    p.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="time a keep-alive connection may wait for its next request (default 120)")
+    p.add_argument("--allow-external-links", action="store_true",
+                   help="serve repositories reached through symlinks (or alternates) that lead "
+                        "outside --gitbase (default: such a repository is not found)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error", "critical"])
     return p
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, processes: int = 1) -> None:
+    # With several workers, each line says which one wrote it.
+    pid = "[%(process)d] " if processes != 1 else ""
     logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s")
 
 
-def _fork_workers(n: int) -> None:
+def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
     """Pre-fork ``n`` workers sharing the listening sockets; returns in each worker.
 
     The parent only supervises: it restarts a worker that dies abnormally and,
     on SIGTERM/SIGINT, stops every worker and exits 0 (``tornado.process.
     fork_processes`` would leave the workers running when the parent is killed).
+    Directories in ``cleanup`` are removed when the supervisor exits.
     """
     children: set[int] = set()
     stopping = False
@@ -107,17 +130,22 @@ def _fork_workers(n: int) -> None:
             log.warning("worker %d died (status %d); starting another", pid, status)
             if spawn():
                 return
+    for path in cleanup or ():
+        shutil.rmtree(path, ignore_errors=True)
     sys.exit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import tornado.httpserver
     import tornado.netutil
     import tornado.process
 
     from .app import make_app
-    from .session import Throttle
+    from .limits import SQLiteStore, Throttle
+    from .serve import GitHTTPServer, default_max_connections, raise_open_file_limit
 
+    if args.accessfile and args.auth_api:
+        print("gittornado: give either --accessfile or --auth-api, not both", file=sys.stderr)
+        return 2
     if bool(args.certfile) != bool(args.keyfile):
         print("gittornado: --certfile and --keyfile go together", file=sys.stderr)
         return 2
@@ -133,26 +161,50 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gittornado: cannot listen on {args.address or '*'}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    fd_limit = raise_open_file_limit()
+    max_connections = args.max_connections
+    if max_connections is None:
+        max_connections = default_max_connections(fd_limit)
+    per_ip = args.max_connections_per_ip
+    if per_ip is None:
+        per_ip = 0 if args.xheaders else 100
+    throttled = args.login_failures > 0 and not args.no_throttle
+    store = None
+    temporary: list[str] = []
+    if throttled and (args.state_dir or args.processes != 1):
+        # Made before forking, so every worker counts failed logins in one place.
+        state_dir = args.state_dir or tempfile.mkdtemp(prefix="gittornado-state-")
+        if not args.state_dir:
+            temporary.append(state_dir)
+        try:
+            store = SQLiteStore.in_directory(state_dir)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"gittornado: cannot use --state-dir {state_dir!r}: {exc}", file=sys.stderr)
+            return 2
     if args.processes != 1:
         # Must happen before any IOLoop exists.
-        _fork_workers(args.processes or tornado.process.cpu_count())
+        _fork_workers(args.processes or tornado.process.cpu_count(), cleanup=temporary)
 
     async def run() -> None:
         try:
             throttle = None
-            if args.login_failures > 0 and not args.no_throttle:
-                throttle = Throttle(limit=args.login_failures, block=args.login_block)
-            app = make_app(args.gitbase, accessfile=args.accessfile, realm=args.realm,
+            if throttled:
+                throttle = Throttle(limit=args.login_failures, block=args.login_block, store=store)
+            app = make_app(args.gitbase, accessfile=args.accessfile, auth_api=args.auth_api,
+                           realm=args.realm,
                            prefix=args.prefix, throttle=throttle,
                            upload_pack_limit=args.max_upload_pack_request,
                            receive_pack_limit=args.max_push_size,
                            body_idle_timeout=args.body_idle_timeout or None,
-                           send_timeout=args.send_timeout or None)
+                           send_timeout=args.send_timeout or None,
+                           allow_external_links=args.allow_external_links)
         except ValueError as exc:
             log.error("%s", exc)
-            raise SystemExit(2)
-        server = tornado.httpserver.HTTPServer(app, xheaders=args.xheaders, ssl_options=ssl_ctx,
-                                               idle_connection_timeout=3600)
+            raise SystemExit(2) from None
+        server = GitHTTPServer(app, xheaders=args.xheaders, ssl_options=ssl_ctx,
+                               max_connections=max_connections, max_connections_per_ip=per_ip,
+                               header_timeout=args.header_timeout or None,
+                               idle_timeout=args.idle_timeout or 3600)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -162,6 +214,9 @@ def _serve(args: argparse.Namespace) -> int:
         scheme = "https" if ssl_ctx else "http"
         log.info("serving %s on %s://%s:%s%s/", os.path.abspath(args.gitbase), scheme,
                  args.address or "*", ",".join(map(str, ports)), args.prefix.rstrip("/"))
+        log.info("limits: %s connections, %s per address, open files %d, headers %gs, idle %gs",
+                 max_connections or "unlimited", per_ip or "unlimited", fd_limit,
+                 args.header_timeout, args.idle_timeout)
         await stop.wait()
         log.info("shutting down")
         server.stop()
@@ -229,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check-access":
         return check_access_main(argv[1:])
     args = make_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.processes)
     return _serve(args)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "GitAccessError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
-    "TooManyRequests", "PayloadTooLarge",
+    "TooManyRequests", "PayloadTooLarge", "ServiceUnavailable",
 ]
 
 
@@ -56,5 +56,16 @@ class TooManyRequests(GitAccessError):
     default_message = "too many failed logins; try again later"
 
     def __init__(self, retry_after: int, message: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(GitAccessError):
+    """The server cannot take this request now (out of descriptors or processes): try again."""
+
+    status = 503
+    default_message = "the server is busy; try again later"
+
+    def __init__(self, message: str = "", retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after

@@ -12,6 +12,7 @@ the audit line. argv and env are built by pure functions.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -24,14 +25,15 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Callable
+from typing import IO
 
 from tornado.iostream import PipeIOStream, StreamClosedError
 
 from . import pktline
 from .answer import AnswerState, expect_from_request
-from .errors import PayloadTooLarge
+from .errors import PayloadTooLarge, ServiceUnavailable
 from .services import WRITE, Service, protocol_version
 from .session import Session
 
@@ -119,6 +121,8 @@ _BULK_AFTER = 256 * 1024
 _COALESCE = 256 * 1024
 #: ...or this long (seconds), whichever comes first.
 _COALESCE_WAIT = 0.004
+#: errno values that mean "the machine is busy", answered 503 rather than 500.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM)
 #: Grace git gets after losing its input/output before SIGTERM, then as long before SIGKILL.
 _GRACE = 2.0
 
@@ -155,8 +159,8 @@ class _Child:
 
 
 def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool | int = True,
-           stdout: bool | int = True, stderr: bool = True) -> _Child:
-    """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe (or a given fd).
+           stdout: bool = True, stderr: bool = True) -> _Child:
+    """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe.
 
     Like ``tornado.process.Subprocess``, but the streams are made only once
     the process exists: Subprocess wraps the pipes first and, when Popen
@@ -264,11 +268,12 @@ class GitRun:
       late error to append when git failed after its answer began.
     * ``peer_gone()`` when the client left; ``close()`` from the transport's
       last cleanup (safe to call always, and twice).
-    * Or, with ``wire=(in_fd, out_fd)``, none of the feeding and draining: git
-      inherits the two fds and talks to the peer itself (an SSH forced command,
-      whose stdin/stdout *are* the session: a pump would only copy bytes). The
-      run still owns the spawn, git's stderr, reaping, signals and the audit
-      line (with ``in=- out=-``: the bytes never pass through it); ``wait()``.
+    * Or, with ``input_fd=fd``, no feeding: git reads the peer straight from
+      that fd (an SSH forced command's stdin *is* the session: a pump would
+      only copy bytes; the audit line then says ``in=-``). The output is still
+      drained through the run: git must always have somewhere to write its
+      last words (a failed push reports, then removes its quarantine; killed
+      by SIGPIPE instead, it leaves the quarantine behind).
 
     The run decides, from the service's right and whether the input arrived
     whole: a push with complete input finishes (killing receive-pack between
@@ -285,12 +290,12 @@ class GitRun:
                  spool: bool = False, git: str = "git", input_limit: int | None = None,
                  input_idle: float | None = None, output_idle: float | None = None,
                  on_abort: Callable[[str], None] | None = None,
-                 wire: tuple[int, int] | None = None) -> None:
-        if wire is not None and (spool or advertise or input_idle or output_idle):
-            raise ValueError("a wired run (git on the peer's own fds) cannot spool, advertise "
-                             "or watch idle times: no bytes pass through it")
-        #: git reads and writes the peer's fds itself (see the class docstring).
-        self._wired = wire is not None
+                 input_fd: int | None = None) -> None:
+        if input_fd is not None and (spool or advertise or input_idle):
+            raise ValueError("git reading the peer's own fd cannot be spooled, advertise or "
+                             "have its input watched: no input passes through the run")
+        #: git reads the peer's fd itself (see the class docstring).
+        self._wired = input_fd is not None
         self.service = service
         self.protocol = protocol_version(git_protocol)
         repo = session.repo
@@ -331,9 +336,14 @@ class GitRun:
         self._pump_wake: int | None = None
         self._done = loop.create_future()
         if spool:
-            self._spool = tempfile.TemporaryFile(prefix="gittornado-")
-        elif wire is not None:
-            self._start(stdin=wire[0], stdout=wire[1])
+            try:
+                self._spool = tempfile.TemporaryFile(prefix="gittornado-")
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                raise ServiceUnavailable("the server is out of resources; try again later") from None
+        elif input_fd is not None:
+            self._start(stdin=input_fd)
         else:
             self._start(stdin=True)
             if advertise:
@@ -348,8 +358,19 @@ class GitRun:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _start(self, stdin: bool | int, stdout: bool | int = True) -> None:
-        self._child = _spawn(self._argv, env=self._env, cwd=self._cwd, stdin=stdin, stdout=stdout)
+    def _start(self, stdin: bool | int) -> None:
+        try:
+            self._child = _spawn(self._argv, env=self._env, cwd=self._cwd, stdin=stdin)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            # Out of descriptors or processes: a busy server, not a broken request.
+            # The transport answers 503 (it has sent nothing yet); logged once per run.
+            self.abort_reason = f"cannot start git: {exc.strerror}"
+            app_log.warning("git %s repo=%s: cannot start git: %s", self.service.name,
+                            self.op.repo, exc.strerror)
+            raise ServiceUnavailable("the server is out of resources to run git; try again later") \
+                from None
         self._task(self._reap())
         self._stderr_task = self._task(self._log_stderr())
 
@@ -620,8 +641,9 @@ class GitRun:
             return
         keep = self.service.right == WRITE and self.input_complete and self.abort_reason is None
         if self._wired and self.abort_reason is None:
-            # git holds the peer's own fds: it sees the peer leave first-hand and
-            # ends as it would under git-shell (a push with all its input finishes).
+            # git reads the peer's own fd: it sees the peer leave first-hand, and
+            # with its output drained it ends by itself (a push with all its input
+            # finishes; the run cannot tell whether it had all of it).
             keep = True
         if child.stdin is not None:
             child.stdin.close()
@@ -717,7 +739,7 @@ class GitRun:
         log("user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
             "in=%s out=%s duration=%.3fs exit=%s result=%s%s",
             op.user or "-", op.remote_addr or "-", op.repo, op.service, op.protocol,
-            op.transport, "-" if self._wired else op.bytes_in, "-" if self._wired else op.bytes_out,
+            op.transport, "-" if self._wired else op.bytes_in, op.bytes_out,
             time.monotonic() - op.started,
             self.exit_status if self._child is not None else "-", result,
             f" reason={self.abort_reason!r}" if self.abort_reason else "")

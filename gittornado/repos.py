@@ -4,10 +4,23 @@ Names are what users type in URLs: ``app``, ``app.git``, ``team/app``. They are
 resolved the way git's ``enter_repo`` does (``app.git`` for ``app``, a work tree
 ``w`` serves ``w/.git``), and every candidate is checked by ``realpath`` against
 the real root plus a separator, so neither ``..`` nor a symlink can lead out.
+
+Two further rules, both from attacks on a running server:
+
+* A repository found inside the root may still *read* outside it, through a
+  symlinked ``objects/``, ``refs/``, pack, ``commondir`` or an
+  ``objects/info/alternates`` entry (git http-backend serves those). Unless
+  the admin allows it (``allow_external_links``), such a repository is
+  refused like a missing one and logged once, so a user who may create
+  directories in the root cannot publish a repository they may not read.
+* ``lookup`` takes the same path whether or not a name exists: every
+  candidate is resolved and checked in full, no early return, so timing does
+  not tell a name from a missing one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +30,14 @@ __all__ = ["Repository", "RepositoryLookup", "normalize_name", "is_git_dir"]
 # Raw URL paths carrying an encoded separator, NUL or backslash are refused
 # before decoding: "team%2fapp" must not become a second spelling of "team/app".
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|00)", re.IGNORECASE)
+
+app_log = logging.getLogger("gittornado.application")
+
+#: Directories whose entries git reads to serve a repository; a symlink among
+#: them (or the entries of the repository itself) must stay inside the root.
+_SCANNED = ("", "objects", "objects/pack", "objects/info", "refs")
+#: At most this many refused repositories are remembered (each logged once).
+_MAX_LOGGED = 1000
 
 
 @dataclass(frozen=True)
@@ -49,37 +70,97 @@ def normalize_name(name: str) -> str | None:
 
 
 def is_git_dir(path: str) -> bool:
-    """git's own test (``is_git_directory``): HEAD, objects/ and refs/ present."""
-    return (
-        os.path.isfile(os.path.join(path, "HEAD"))
-        and os.path.isdir(os.path.join(path, "objects"))
-        and os.path.isdir(os.path.join(path, "refs"))
-    )
+    """git's own test (``is_git_directory``): HEAD, objects/ and refs/ present.
+
+    All three are checked every time (no short circuit), so a missing
+    directory costs what an existing one does.
+    """
+    head = os.path.isfile(os.path.join(path, "HEAD"))
+    objects = os.path.isdir(os.path.join(path, "objects"))
+    refs = os.path.isdir(os.path.join(path, "refs"))
+    return head and objects and refs
 
 
 class RepositoryLookup:
-    """Finds repositories under ``gitbase``; the default lookup of every transport."""
+    """Finds repositories under ``gitbase``; the default lookup of every transport.
 
-    def __init__(self, gitbase: str) -> None:
+    :arg allow_external_links: serve repositories reached through symlinks (or
+        alternates, ``commondir``) that resolve outside ``gitbase``: the
+        repository directory itself or what git reads inside it. Off by
+        default: such a repository is as missing as no repository.
+    """
+
+    def __init__(self, gitbase: str, *, allow_external_links: bool = False) -> None:
         self.gitbase = os.path.realpath(gitbase)
+        self.allow_external_links = allow_external_links
+        self._logged: set[str] = set()
 
-    def _contained(self, path: str) -> str | None:
-        real = os.path.realpath(path)
-        if real == self.gitbase or real.startswith(self.gitbase + os.sep):
-            return real
+    def _inside(self, real: str) -> bool:
+        return real == self.gitbase or real.startswith(self.gitbase + os.sep)
+
+    def external_link(self, repo: str) -> str | None:
+        """What in the git directory ``repo`` leads outside the root, or None if nothing does.
+
+        Looks at the entries git reads to serve it: symlinks among the
+        repository's own entries, ``objects/``, ``objects/pack``,
+        ``objects/info`` and ``refs/`` (one directory listing each; only
+        symlinks are resolved), plus ``commondir`` and
+        ``objects/info/alternates``, which name other directories in text.
+        """
+        for sub in _SCANNED:
+            directory = os.path.join(repo, sub) if sub else repo
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_symlink() and not self._inside(os.path.realpath(entry.path)):
+                    return os.path.join(sub, entry.name) if sub else entry.name
+        for name, base in (("commondir", repo), ("objects/info/alternates", os.path.join(repo, "objects"))):
+            try:
+                with open(os.path.join(repo, name), encoding="utf-8", errors="replace") as fh:
+                    lines = fh.read(65536).splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if not self._inside(os.path.realpath(os.path.join(base, line))):
+                    return f"{name} ({line})"
         return None
 
+    def _refused(self, real: str, why: str) -> None:
+        if real not in self._logged and len(self._logged) < _MAX_LOGGED:
+            self._logged.add(real)
+            app_log.warning("repository %s refused: %s resolves outside %s "
+                            "(serve it with --allow-external-links)", real, why, self.gitbase)
+
     def lookup(self, name: str) -> Repository | None:
-        """The repository a public name refers to, or None (missing or outside the root)."""
+        """The repository a public name refers to, or None (missing or outside the root).
+
+        Every candidate (``name.git``, ``name``, ``name/.git``) is resolved and
+        tested whatever the others gave; the first git directory wins.
+        """
         canonical = normalize_name(name)
         if canonical is None:
             return None
         base = os.path.join(self.gitbase, *canonical.split("/"))
+        found: str | None = None
         for candidate in (base + ".git", base, os.path.join(base, ".git")):
-            real = self._contained(candidate)
-            if real is not None and is_git_dir(real):
-                return Repository(canonical, real)
-        return None
+            real = os.path.realpath(candidate)
+            inside = self.allow_external_links or self._inside(real)
+            git_dir = is_git_dir(real)
+            if inside and git_dir and found is None:
+                found = real
+        if found is None:
+            return None
+        if not self.allow_external_links:
+            why = self.external_link(found)
+            if why is not None:
+                self._refused(found, why)
+                return None
+        return Repository(canonical, found)
 
     def names(self, max_depth: int = 4) -> list[str]:
         """Public names of every repository under the root (for the index page), sorted."""

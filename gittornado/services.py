@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Service", "SERVICES", "service_for", "valid_git_protocol", "READ", "WRITE"]
+from .errors import BadRequest
+
+__all__ = ["Service", "SERVICES", "service_for", "valid_git_protocol", "READ", "WRITE",
+           "SshCommand", "parse_ssh_command"]
 
 READ = "read"
 WRITE = "write"
@@ -75,3 +78,78 @@ def protocol_version(value: str | None) -> int:
         if key == "version" and val.isdigit():
             version = max(version, int(val))
     return version
+
+
+# -- SSH_ORIGINAL_COMMAND -------------------------------------------------------------------
+#
+# What git sends over SSH (``connect.c``: ``git_connect``) is ``<program> '<path>'``:
+# the program ``git-upload-pack``, ``git-receive-pack`` or ``git-upload-archive``
+# (or what ``remote.*.uploadpack``/``--receive-pack`` named, hence the space form
+# ``git upload-pack`` some setups use), the path shell-quoted, ``/app.git`` for
+# ``ssh://host/app.git``, ``app.git`` for ``host:app.git``, ``~/app.git`` for
+# ``ssh://host/~/app.git``. Nothing here is ever given to a shell, but a command
+# that could mean something else to one is refused rather than guessed at: the
+# accepted language is small enough to read in one regular expression per part.
+
+#: Longer than any repository path worth serving; refused before it is looked at.
+_MAX_SSH_COMMAND = 1024
+#: One path segment: word characters and ``.+@-``, so no shell or glob
+#: metacharacter, quote, whitespace, ``~`` or ``\`` can reach a repository name.
+_SSH_SEGMENT = re.compile(r"[\w.+@-]+\Z")
+
+
+@dataclass(frozen=True)
+class SshCommand:
+    """A parsed ``SSH_ORIGINAL_COMMAND``: which service, on which public repository path."""
+
+    service: Service
+    path: str   #: relative to the root: no quotes, no leading ``/`` or ``~/`` (``team/app.git``)
+
+
+def _unquote(word: str) -> str:
+    """``'x'`` or ``"x"`` -> ``x``; a word without quotes as is; anything else refused."""
+    if word[:1] in ("'", '"'):
+        quote = word[0]
+        if len(word) < 2 or word[-1] != quote:
+            raise BadRequest("unbalanced quotes in the repository path")
+        return word[1:-1]
+    return word
+
+
+def parse_ssh_command(command: str) -> SshCommand:
+    """The git service and repository an SSH client asked for, or ``BadRequest`` (pure).
+
+    Accepted: ``git-upload-pack``, ``git-receive-pack``, ``git-upload-archive``
+    (dash form) or ``git upload-pack`` ... (space form), then exactly one path,
+    in single or double quotes or none, with an optional leading ``/`` or ``~/``
+    and an optional trailing ``/``. Refused: any other command, extra arguments
+    (``--help``, ``--stateless-rpc``), a path starting with ``-`` (option
+    injection), ``.``/``..``/empty segments, ``~user`` paths, and any character
+    outside ``_SSH_SEGMENT`` (``;|&$`<>(){}*?!'"\\``, whitespace in a path,
+    control characters). Messages never echo the command back: it could carry
+    terminal escape sequences to the user's screen.
+    """
+    if len(command) > _MAX_SSH_COMMAND:
+        raise BadRequest("command too long")
+    if not command.isprintable():
+        raise BadRequest("control characters in the command")
+    words = [w for w in command.split(" ") if w]
+    if len(words) >= 2 and words[0] == "git":
+        words = [f"git-{words[1]}", *words[2:]]
+    service = service_for(words[0], transport="ssh") if words else None
+    if service is None:
+        raise BadRequest("only git-upload-pack, git-receive-pack and git-upload-archive are offered")
+    if len(words) != 2:
+        raise BadRequest(f"{service.name} takes exactly one argument: the repository path")
+    path = _unquote(words[1])
+    if path.startswith("~/"):
+        path = path[2:]
+    elif path.startswith("/"):
+        path = path[1:]
+    if path.endswith("/"):
+        path = path[:-1]
+    segments = path.split("/")
+    for seg in segments:
+        if seg in ("", ".", "..") or seg.startswith("-") or not _SSH_SEGMENT.match(seg):
+            raise BadRequest("invalid repository path")
+    return SshCommand(service, path)

@@ -1,4 +1,4 @@
-"""The access decision every transport asks for: authenticate -> look up -> authorise.
+"""The access decision every transport asks for: authenticate -> authorise -> look up.
 
 This is the only place 401, 403, 404 and 429 are decided (SPEC "Status codes"),
 so HTTP, WebSocket and SSH cannot disagree, and the answer never depends on
@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
-from .errors import Forbidden, NotFound, TooManyRequests, Unauthorized
+from .errors import Forbidden, NotFound, Unauthorized
 from .legacy import adapt, call_hook
+from .limits import Throttle
 from .repos import Repository, RepositoryLookup, is_git_dir, normalize_name
 from .rights import AccessRequest, BadCredentials, Credentials, Grant
 from .services import READ, WRITE
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 app_log = logging.getLogger("gittornado.application")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -60,53 +63,6 @@ class OpenAccess:
         return Grant(user=None, read=True, write=False, ask_credentials=False)
 
 
-class Throttle:
-    """Counts failed logins per address; past ``limit`` in ``window`` s, blocks for ``block`` s.
-
-    Pure bookkeeping with an injectable clock; a success from another address
-    is never affected, and memory is bounded by pruning stale entries.
-    """
-
-    def __init__(self, limit: int = 10, window: float = 60.0, block: float = 60.0,
-                 clock=time.monotonic, max_entries: int = 100_000) -> None:
-        self.limit, self.window, self.block = limit, window, block
-        self._clock = clock
-        self._failures: dict[str, list[float]] = {}
-        self._blocked: dict[str, float] = {}
-        self._max = max_entries
-
-    def retry_after(self, addr: str) -> int | None:
-        """Seconds the address must still wait, or None if it may try."""
-        until = self._blocked.get(addr)
-        if until is None:
-            return None
-        left = until - self._clock()
-        if left <= 0:
-            del self._blocked[addr]
-            return None
-        return max(1, int(left + 0.999))
-
-    def failure(self, addr: str) -> bool:
-        """Record a failed login; True when this failure starts a block (log it once)."""
-        now = self._clock()
-        recent = [t for t in self._failures.get(addr, ()) if now - t < self.window]
-        recent.append(now)
-        if len(recent) >= self.limit:
-            self._failures.pop(addr, None)
-            self._blocked[addr] = now + self.block
-            return True
-        self._failures[addr] = recent
-        if len(self._failures) > self._max:
-            self._prune(now)
-        return False
-
-    def _prune(self, now: float) -> None:
-        self._failures = {a: ts for a, ts in self._failures.items() if now - ts[-1] < self.window}
-        self._blocked = {a: u for a, u in self._blocked.items() if u > now}
-        while len(self._failures) > self._max:
-            self._failures.pop(next(iter(self._failures)))
-
-
 class Gate:
     """``decide(request) -> Session`` or raise the error whose status SPEC prescribes.
 
@@ -124,11 +80,26 @@ class Gate:
         self.lookup = lookup if lookup is not None else RepositoryLookup(gitbase)
         self.throttle = throttle
 
-    def _login_failed(self, addr: str) -> NoReturn:
-        if self.throttle is not None and self.throttle.failure(addr):
-            app_log.warning("too many failed logins from %s: refusing logins for %ds",
-                            addr, int(self.throttle.block))
-        raise Unauthorized("invalid username or password") from None
+    async def _verified(self, addr: str, step: Callable[[], Awaitable[_T]]) -> _T:
+        """``await step()``, the step that checks a password, under the login throttle.
+
+        The throttle admits the attempt before the password is looked at (429
+        when the address is blocked, also while it waits its turn) and runs it
+        in a slot; a ``BadCredentials`` is counted and becomes a 401.
+        """
+        if self.throttle is None:
+            try:
+                return await step()
+            except BadCredentials:
+                raise Unauthorized("invalid username or password") from None
+        async with self.throttle.attempt(addr) as attempt:
+            try:
+                return await step()
+            except BadCredentials:
+                if attempt.failed():
+                    app_log.warning("too many failed logins from %s: refusing logins for %ds",
+                                    addr, int(self.throttle.block))
+                raise Unauthorized("invalid username or password") from None
 
     async def authenticate(self, request: AccessRequest) -> AccessRequest:
         """``request`` with ``user`` set to whom its credentials prove; 401 or 429 when they fail.
@@ -139,25 +110,23 @@ class Gate:
         """
         if request.credentials is None:
             return request
-        if self.throttle is not None:
-            wait = self.throttle.retry_after(request.remote_addr)
-            if wait is not None:
-                raise TooManyRequests(wait)
         if self.authenticator is None or request.user is not None:
+            if self.throttle is not None:
+                self.throttle.check(request.remote_addr)
             return request
-        try:
-            user = await self.authenticator.authenticate(request.credentials)
-        except BadCredentials:
-            self._login_failed(request.remote_addr)
+        authenticator, credentials = self.authenticator, request.credentials
+        user = await self._verified(request.remote_addr,
+                                    lambda: authenticator.authenticate(credentials))
         if not isinstance(user, str) or not user:
             raise TypeError(f"{self.authenticator!r} authenticated {user!r}, not a user name")
         return dataclasses.replace(request, user=user)
 
     async def _authorize(self, request: AccessRequest) -> Grant:
-        try:
-            return await self.authorizer.authorize(request)
-        except BadCredentials:  # an adapted policy that checks passwords itself
-            self._login_failed(request.remote_addr)
+        if self.authenticator is None and request.user is None and request.credentials is not None:
+            # An adapted policy checks the password itself, in authorize().
+            return await self._verified(request.remote_addr,
+                                        lambda: self.authorizer.authorize(request))
+        return await self.authorizer.authorize(request)
 
     async def _find(self, name: str) -> Repository | None:
         found = await call_hook(self.lookup, "lookup", name)
@@ -171,8 +140,18 @@ class Gate:
             raise NotFound()
         request = await self.authenticate(dataclasses.replace(request, repo=name))
         grant = await self._authorize(request)
-        # Look the repository up whatever the grant says, so the time taken does
-        # not tell a reader without rights whether it exists.
+        anonymous = grant.user is None
+        # Rights first, and nothing on disk is touched for a request they refuse:
+        # the answer to a name the requester may not read then takes the same
+        # path whether or not it exists (its existence cannot show in the timing).
+        if not grant.read:
+            if anonymous and grant.ask_credentials:
+                raise Unauthorized()
+            raise NotFound()
+        if request.operation == WRITE and not grant.write:
+            if anonymous and grant.ask_credentials:
+                raise Unauthorized()
+            raise Forbidden()
         if grant.path is not None:
             # A path chosen by the policy (legacy gitlookup) must still be a
             # git directory: anything else is as missing as no repository.
@@ -182,15 +161,6 @@ class Gate:
             repo = await self._find(grant.real_name or name)
             if repo is not None and grant.real_name:
                 repo = Repository(name, repo.path)
-        anonymous = grant.user is None
-        if not grant.read:
-            if anonymous and grant.ask_credentials:
-                raise Unauthorized()
-            raise NotFound()
-        if request.operation == WRITE and not grant.write:
-            if anonymous and grant.ask_credentials:
-                raise Unauthorized()
-            raise Forbidden()
         if repo is None:
             raise NotFound()
         return Session(user=grant.user, repo=repo, operation=request.operation, env=dict(grant.env))

@@ -32,8 +32,8 @@ __all__ = ["InfoRefsHandler", "RPCHandler"]
 
 app_log = logging.getLogger("gittornado.application")
 
-#: Largest single inflate step, so a gzip bomb never expands in one go.
-_INFLATE_STEP = 64 * 1024
+#: Largest single inflate (and pkt-line check) step: a few milliseconds of work at most.
+_INFLATE_STEP = 8 * 1024
 #: The longest a request may hold the event loop before it yields (seconds).
 _SLICE = 0.002
 #: Tornado needs an integer body limit; limits are ours (a 413 with a reason, not its 400).
@@ -249,20 +249,17 @@ class RPCHandler(_ServiceHandler):
         if self._failed:
             return
         try:
+            loop = asyncio.get_running_loop()
+            self._slice_start = loop.time()
             if self._inflater is None:
                 await self._feed(chunk)
                 return
-            loop = asyncio.get_running_loop()
-            started = loop.time()
             data = self._inflater.decompress(chunk, _INFLATE_STEP)
             while True:
                 await self._feed(data)
                 tail = self._inflater.unconsumed_tail
                 if not tail or self._failed:
                     break
-                if loop.time() - started > _SLICE:
-                    await asyncio.sleep(0)  # a bomb inflates, but never in one go
-                    started = loop.time()
                 data = self._inflater.decompress(tail, _INFLATE_STEP)
         except zlib.error:
             self._fail(BadRequest("request body is not valid gzip"))
@@ -274,9 +271,23 @@ class RPCHandler(_ServiceHandler):
             self._failed = True
 
     async def _feed(self, data: bytes) -> None:
+        # The pkt-lines are checked in small steps with a turn of the loop between
+        # them once a slice is used up: a body of tiny pkt-lines (or a gzip bomb
+        # of them) costs a Python step per packet, and others must not wait. A
+        # push's pack, after its commands, is not checked: it goes to git whole.
         if not data:
             return
-        self._scanner.feed(data)
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        for start in range(0, len(view), _INFLATE_STEP):
+            if self._scanner.done:
+                break
+            if loop.time() - self._slice_start > _SLICE:
+                await asyncio.sleep(0)
+                self._slice_start = loop.time()
+                if self._failed:
+                    return
+            self._scanner.feed(view[start:start + _INFLATE_STEP])
         if not self._noted and self._scanner.first is not None:
             self._noted = True
             self.run.note_request(self._scanner.first)

@@ -19,8 +19,8 @@ import tornado.web
 
 from . import pktline
 from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
-from .repos import RepositoryLookup, has_encoded_separator
 from .legacy import legacy_access
+from .repos import RepositoryLookup, has_encoded_separator
 from .rights import AccessRequest, Credentials
 from .session import Gate, Session, Throttle
 
@@ -156,6 +156,8 @@ class GitHandler(tornado.web.RequestHandler):
     """
 
     config: GitConfig
+    #: What the access policy, hooks (``GITTORNADO_TRANSPORT``) and logs are told.
+    transport = "http"
 
     def initialize(self, **kwargs: Any) -> None:
         self.config = config = config_for(kwargs)
@@ -170,7 +172,7 @@ class GitHandler(tornado.web.RequestHandler):
         request = AccessRequest(
             repo=repo, operation=operation,
             credentials=parse_basic_auth(self.request.headers.get("Authorization")),
-            remote_addr=self.request.remote_ip or "", transport="http",
+            remote_addr=self.request.remote_ip or "", transport=self.transport,
             native_request=self.request,
         )
         return await self.gate.decide(request)

@@ -78,7 +78,8 @@ release
 
 
 def git(*args: str, cwd: str | os.PathLike | None = None, check: bool = True,
-        env: dict | None = None, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        env: dict | None = None, input: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
     """Run git; on failure the assertion shows its stderr."""
     full_env = dict(os.environ)
     if env:

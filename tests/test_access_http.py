@@ -20,11 +20,11 @@ import urllib.parse
 
 import pytest
 import tornado.web
+from conftest import ServerThread, git, refs, rev, wait_for
 from passlib.hash import bcrypt
 
 import gittornado
 from gittornado import Grant
-from conftest import ServerThread, git, refs, rev, wait_for
 
 FAST = bcrypt.using(rounds=4)
 
@@ -177,7 +177,8 @@ def test_missing_repository(server, tmp_path):
 def test_private_repository_is_invisible(server, tmp_path):
     assert request(server, info_refs("private"))[0] == 401
     # To another user, a private repository looks exactly like a missing one.
-    as_carol = [request(server, info_refs(repo), auth=("carol", "carol-pw")) for repo in ("private", "missing")]
+    as_carol = [request(server, info_refs(repo), auth=("carol", "carol-pw"))
+                for repo in ("private", "missing")]
     assert [s for s, _, _ in as_carol] == [404, 404]
     assert as_carol[0][2] == as_carol[1][2]
     err = clone_fails(url(server, "private", "carol"), tmp_path / "p")
@@ -192,7 +193,7 @@ def test_reader_push_is_403(server, tmp_path, gitbase):
     commit(work)
     proc = git("push", "origin", "HEAD:main", cwd=work, check=False)
     assert proc.returncode != 0
-    assert b"403" in proc.stderr, proc.stderr
+    assert b"error: 403" in proc.stderr, proc.stderr
     assert refs(gitbase / "app.git") == before
     assert request(server, info_refs("app", "git-receive-pack"), auth=("bob", "bob-pw"))[0] == 403
     # carol may read public/lib (everyone may), not push to it
@@ -325,7 +326,7 @@ def test_throttle_end_to_end(serve, accessfile, log_watch):
 
 def test_throttle_counts_x_forwarded_for_addresses_separately(serve, accessfile):
     server = serve(xheaders=True, accessfile=accessfile)
-    for i in range(10):
+    for _ in range(10):
         request(server, info_refs("app"), auth=("alice", "wrong"),
                 headers={"X-Forwarded-For": "10.9.9.9"})
     assert request(server, info_refs("app"), auth=("alice", "alice-pw"),
@@ -441,7 +442,7 @@ def test_legacy_auth_and_gitlookup(embedded, gitbase, tmp_path):
     assert proc.returncode != 0 and any(s.encode() in proc.stderr for s in UNAUTHORIZED)
     proc = git("push", f"http://someone:else@127.0.0.1:{server.port}/app", "HEAD:main",
                cwd=work, check=False)                                  # auth says read only
-    assert proc.returncode != 0 and b"403" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and b"error: 403" in proc.stderr, proc.stderr
     assert refs(gitbase / "app.git") == before
     git("push", "-q", f"http://admin:secret@127.0.0.1:{server.port}/app", "HEAD:main", cwd=work)
     assert rev(gitbase / "app.git", "main") == new
@@ -511,4 +512,4 @@ def test_no_access_file_push_is_403_even_with_credentials(serve, tmp_path):
     git("clone", "-q", url(server, "app"), str(work))
     commit(work)
     proc = git("push", url(server, "app", "alice"), "HEAD:main", cwd=work, check=False)
-    assert proc.returncode != 0 and b"403" in proc.stderr
+    assert proc.returncode != 0 and b"error: 403" in proc.stderr

@@ -46,7 +46,7 @@ def test_serves_current_directory_read_only(gitbase, tmp_path, module):
         assert rev(tmp_path / "c", "HEAD") == rev(gitbase / "app.git", "main")
         pushed = git("push", f"http://127.0.0.1:{port}/app", "HEAD:refs/heads/x", cwd=tmp_path / "c",
                      check=False)
-        assert pushed.returncode != 0 and b"403" in pushed.stderr
+        assert pushed.returncode != 0 and b"error: 403" in pushed.stderr
     finally:
         assert stop(proc) == 0
     assert "Traceback" not in proc.stderr.read()

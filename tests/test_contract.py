@@ -79,9 +79,9 @@ def _said(stderr: bytes, *markers: bytes) -> bool:
 
 
 #: How git reports a refusal that asks for credentials (HTTP 401) on any transport.
-AUTH_FAILED = (b"Authentication failed", b"could not read Username", b"401")
+AUTH_FAILED = (b"Authentication failed", b"could not read Username", b"error: 401")
 #: ... one that says the repository is not there for this user (HTTP 404).
-NOT_FOUND = (b"not found", b"404")
+NOT_FOUND = (b"not found", b"error: 404")
 
 
 class ContractTests:
@@ -194,7 +194,7 @@ class ContractTests:
     def test_missing_repository(self):
         proc = self.client("ls-remote", self.remote("nope"), check=False)
         assert proc.returncode != 0
-        assert b"not found" in proc.stderr.lower() or b"404" in proc.stderr
+        assert b"not found" in proc.stderr.lower() or b"error: 404" in proc.stderr
 
     # -- access and malformed input (the same decision on every transport) -------------
     def test_authenticated_clone_of_private_repo(self):
@@ -238,7 +238,7 @@ class ContractTests:
         work = self._commit_on_clone()
         proc = self.client("push", self.remote("app", policy=ACL, user="bob"), "main", cwd=work, check=False)
         assert proc.returncode != 0
-        assert _said(proc.stderr, b"403", b"may not push"), proc.stderr
+        assert _said(proc.stderr, b"error: 403", b"may not push"), proc.stderr
         assert refs(upstream) == before
 
     def test_malformed_request_is_a_bad_request(self):
@@ -248,7 +248,7 @@ class ContractTests:
             pytest.skip("no malformed input this transport can carry")
         proc = self.client("ls-remote", remote, check=False)
         assert proc.returncode != 0
-        assert _said(proc.stderr, b"400", b"malformed"), proc.stderr
+        assert _said(proc.stderr, b"error: 400", b"malformed"), proc.stderr
 
     # -- pushes ----------------------------------------------------------------------
     def _commit_on_clone(self, name="pushed.txt") -> os.PathLike:
@@ -295,7 +295,7 @@ class ContractTests:
         work = self._commit_on_clone()
         proc = self.client("push", self.remote("app", policy=DEFAULT), "main", cwd=work, check=False)
         assert proc.returncode != 0
-        assert b"403" in proc.stderr or b"may not push" in proc.stderr
+        assert b"error: 403" in proc.stderr or b"may not push" in proc.stderr
         assert refs(upstream) == before
 
     def test_push_rejected_by_hook_changes_nothing(self):
@@ -426,3 +426,146 @@ class TestDumbHTTP(_HTTP):
     can_push = False
     protocol = None
     extra_env = {"GIT_SMART_HTTP": "0"}
+
+
+# -- ws:// and wss:// (the git-remote-ws helper) ---------------------------------------------
+
+
+def ws_helper_dir() -> str:
+    """The directory holding the installed ``git-remote-ws`` (``pip install -e .``)."""
+    import shutil
+    import sys
+    import sysconfig
+
+    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        if os.access(os.path.join(directory, "git-remote-ws"), os.X_OK):
+            return directory
+    found = shutil.which("git-remote-ws")
+    if found is None:
+        pytest.fail("git-remote-ws is not installed: run `pip install -e .` first")
+    return os.path.dirname(found)
+
+
+def ws_env(*config: tuple[str, str]) -> dict[str, str]:
+    """git's environment for ws:// URLs: the helper on ``PATH``, plus ``config``."""
+    env = {"PATH": ws_helper_dir() + os.pathsep + os.environ.get("PATH", "")}
+    if config:
+        env.update(config_env(*config))
+    return env
+
+
+class _WS(ContractTests):
+    """ws://: the same server as HTTP; the helper connects to ``<repo>/<service>``.
+
+    ``url_credentials`` chooses where a user's password comes from: the URL
+    (``ws://bob:pw@host/...``) or, like HTTP, a credential helper after a 401.
+    """
+
+    transport = "ws"
+    url_credentials = False
+
+    def _url(self, policy: str, repo: str, userinfo: str = "") -> str:
+        return f"ws://{userinfo}127.0.0.1:{self.servers[policy].port}/{repo}"
+
+    def remote(self, repo, *, policy=OPEN, user=None, password=None):
+        if user is None:
+            return Remote(self._url(policy, repo), ws_env())
+        password = self.passwords[user] if password is None else password
+        if self.url_credentials:
+            from urllib.parse import quote
+
+            return Remote(self._url(policy, repo, f"{quote(user)}:{quote(password, safe='')}@"), ws_env())
+        return Remote(self._url(policy, repo), ws_env(*credential_helper(user, password)))
+
+    def malformed_remote(self, repo):
+        # The helper sends http.extraHeader lines with the upgrade, as git's http does.
+        return Remote(self._url(OPEN, repo), ws_env(("http.extraHeader", "Git-Protocol: bad value!")))
+
+    def interrupt_push(self, repo, old):
+        from test_websocket import ws_interrupt_push
+
+        ws_interrupt_push(self.servers[OPEN].port, f"/{repo}", old, self.gitbase / f"{repo}.git")
+
+
+class TestWSv0(_WS):
+    protocol = 0
+
+
+class TestWSv2(_WS):
+    """Protocol v2, a user's password in the URL."""
+
+    protocol = 2
+    url_credentials = True
+
+
+# -- SSH: gittornado-shell as the forced command of a real sshd (tests/sshd_server.py) -------
+from sshd_server import sshd  # noqa: E402, F401  (the session's sshd fixture)
+
+
+class TestSSH(ContractTests):
+    """``ssh://`` through OpenSSH: a key per (policy, user), each with its forced command.
+
+    The key is the credential, so there is no anonymous user and no password to
+    get wrong: those rows skip. OPEN and DEFAULT connect as a user ``anybody``.
+    """
+
+    transport = "ssh"
+    protocol = 0
+
+    @pytest.fixture(autouse=True)
+    def _server(self, sshd, gitbase, tmp_path):  # noqa: F811
+        from conftest import write_access_file
+
+        self.gitbase, self.tmp, self.sshd = gitbase, tmp_path, sshd
+        acl = write_access_file(tmp_path / "acl.ini", {},
+                                "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n")
+        everyone = write_access_file(tmp_path / "open.ini", {}, "* = **=rw\n")
+        base = ["--gitbase", str(gitbase), "--log-file", str(tmp_path / "shell.log")]
+        self.keys = {(OPEN, "anybody"): "open", (DEFAULT, "anybody"): "default"}
+        commands = {"open": [*base, "--accessfile", everyone, "anybody"],
+                    "default": [*base, "anybody"]}
+        for user in ("alice", "bob", "carol"):
+            self.keys[(ACL, user)] = f"acl-{user}"
+            commands[f"acl-{user}"] = [*base, "--accessfile", acl, user]
+        sshd.authorize(commands)
+
+    def _key(self, policy, user):
+        if user is None and policy == ACL:
+            pytest.skip("no anonymous user over SSH: sshd authenticated a key")
+        return self.keys[(policy, user or "anybody")]
+
+    def remote(self, repo, *, policy=OPEN, user=None, password=None):
+        if password is not None:
+            pytest.skip("over SSH the key is the credential: no password to get wrong")
+        return Remote(self.sshd.url(repo), self.sshd.env(self._key(policy, user)))
+
+    def malformed_remote(self, repo):
+        # sshd passes GIT_PROTOCOL (AcceptEnv); one that is not key=value items is refused.
+        return Remote(self.sshd.url(repo), self.sshd.env("open", "-o", "SetEnv=GIT_PROTOCOL=version=2;id"))
+
+    def interrupt_push(self, repo, old):
+        import subprocess
+        import threading
+
+        commands = pktline.encode(f"{old} {'1' * 40} refs/heads/main\0report-status\n".encode()) \
+            + pktline.FLUSH
+        argv = self.sshd.ssh_argv("open") + [f"{self.sshd.user}@127.0.0.1", f"git-receive-pack '/{repo}.git'"]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+        def send() -> None:
+            try:
+                proc.stdin.write(commands + _partial_pack())
+                proc.stdin.flush()
+            except OSError:
+                pass  # killed below, mid-write
+
+        writer = threading.Thread(target=send, daemon=True)
+        writer.start()
+        try:
+            # git must have started (and quarantined) before we vanish
+            wait_for(lambda: git_processes(str(self.gitbase)), message="receive-pack to start")
+        finally:
+            proc.kill()
+            proc.wait()
+            writer.join(10)

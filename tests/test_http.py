@@ -14,9 +14,9 @@ import re
 import zlib
 
 import pytest
+from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 
 from gittornado import pktline
-from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 RECEIVE_REQ = "application/x-git-receive-pack-request"
@@ -86,7 +86,8 @@ def test_malformed_git_protocol_is_400(server, value):
     assert status == 400 and b"Git-Protocol" in body
 
 
-@pytest.mark.parametrize("path", ["/app/info/refs?service=git-shell", "/app/info/refs?service=git-upload-archive",
+@pytest.mark.parametrize("path", ["/app/info/refs?service=git-shell",
+                                  "/app/info/refs?service=git-upload-archive",
                                   "/app/info/refs?service="])
 def test_unknown_service_is_400(server, path):
     assert request(server, "GET", path)[0] == 400

@@ -11,7 +11,7 @@ import sys
 import pytest
 from passlib.hash import bcrypt
 
-from gittornado.access import AccessFile, PASSWORD_CONTEXT, parse_access_file
+from gittornado.access import PASSWORD_CONTEXT, AccessFile, parse_access_file
 from gittornado.cli import update_users_section
 
 
@@ -100,7 +100,7 @@ def test_replace_keeps_every_other_byte(tmp_path):
     text = path.read_text(encoding="utf-8")
     before, after = ORIGINAL.splitlines(keepends=True), text.splitlines(keepends=True)
     assert len(before) == len(after)
-    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
     assert changed == [3]
     line = after[3]
     assert line.startswith("  alice: $2b$12$") and line.endswith("   ; alice's line keeps its comment\n")

@@ -292,13 +292,16 @@ async def test_authorize_sees_the_verified_user_and_the_canonical_name():
     assert lookup.asked == ["team/app"]
 
 
-async def test_lookup_happens_whatever_the_grant_says():
+async def test_refused_requests_never_look_the_repository_up():
+    """Rights first, the disk after: a refusal cannot depend on existence, not even in its timing."""
     lookup = MemoryLookup()
     gate = Gate(Typed(), lookup)
     for repo in ("private", "nothere"):
         with pytest.raises(Unauthorized):
             await gate.decide(req(repo))
-    assert lookup.asked == ["private", "nothere"]
+    assert lookup.asked == []
+    await gate.decide(req("public/lib"))
+    assert lookup.asked == ["public/lib"]
 
 
 async def test_real_name_maps_to_another_repository():

@@ -1,0 +1,367 @@
+"""The ws:// transport: git's own protocol over one WebSocket per service run.
+
+A translator over the engine (``gitproc.GitRun``), like ``smarthttp``, with a
+full-duplex wire instead of request/response pairs: the bytes are those of
+``git://`` or SSH (``gitprotocol-pack``, ``gitprotocol-v2``), not the
+``--stateless-rpc`` dialect of ``gitprotocol-http``. The client is the
+``git-remote-ws`` helper (``gittornado.remote_helper``); the wire it speaks:
+
+* ``GET <repo>/<service>`` with ``Upgrade: websocket``, ``Authorization: Basic``
+  when it has credentials, and ``Git-Protocol`` as over HTTP. The session is
+  decided *before* the upgrade by the same gate as HTTP, so a refusal is an
+  ordinary HTTP answer: 401 with ``WWW-Authenticate`` (the helper then asks
+  git's credential helpers), 403, 404, 400 (bad service, malformed
+  ``Git-Protocol``), 429.
+* After ``101``: binary frames carry git's stdin (client to server) and stdout
+  (server to client) unchanged; where frames split the stream means nothing.
+  An *empty* binary frame from the client is end of input (git's stdin
+  closes): the half-close WebSocket itself lacks. It tells the engine the
+  input is whole, so a push whose client then vanishes still completes.
+* The server closes once git's output ended: ``1000`` when git succeeded,
+  ``4500`` with a reason when it failed (the same late error also goes in-band
+  first, so git itself shows ``remote: ...``); ``4400`` for input that is not
+  git's (a text frame, a malformed first pkt-line), ``4413`` past the input
+  cap, ``4408`` when the run gave up on an idle client, ``1009`` (Tornado) for
+  a frame over ``websocket_max_message_size``. Codes 4xxx are 4000 + the HTTP
+  status the same fault gets over HTTP.
+
+Backpressure both ways: ``on_message`` is a coroutine that returns once git's
+pipe took the frame, and Tornado reads no further frame until it has. git's
+output goes out as it does over plain HTTP: on a plain socket the engine
+splices it from git's pipe into the socket, one binary frame per piece (the
+Python process spends as little CPU per clone as for HTTP); over TLS it is
+relayed, read from git only once the previous frame was flushed. While the
+kernel writes, whatever Tornado itself would write (a pong, a close frame) is
+held and sent between two frames. Compression is off (packs are compressed
+already, and a deflated frame's size says nothing about the memory it takes).
+Pings keep idle proxies from cutting a long pack generation (git's own
+side-band keepalives do too); they only keep the connection warm: deciding
+when a client is gone is the engine's (its idle timers), so there is no pong
+timeout by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import tornado.routing
+import tornado.websocket
+from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream, StreamClosedError
+
+from . import pktline
+from .errors import BadRequest, GitAccessError
+from .gitproc import GitRun, PeerGone
+from .services import READ, Service, service_for, valid_git_protocol
+from .session import Session
+from .web import GitHandler
+
+__all__ = [
+    "GitWebSocketHandler",
+    "WebSocketUpgrade",
+    "CLOSE_OK",
+    "CLOSE_FAILED",
+    "CLOSE_BAD_INPUT",
+    "CLOSE_TOO_LARGE",
+    "CLOSE_IDLE",
+]
+
+app_log = logging.getLogger("gittornado.application")
+
+#: Close codes (RFC 6455 7.4.2 leaves 4000-4999 to applications): 4000 + HTTP status.
+CLOSE_OK = 1000
+CLOSE_BAD_INPUT = 4400
+CLOSE_IDLE = 4408
+CLOSE_TOO_LARGE = 4413
+CLOSE_FAILED = 4500
+_CLOSE_INTERNAL = 1011
+
+#: Largest frame accepted (``websocket_max_message_size`` overrides): Tornado
+#: holds a whole frame in memory before ``on_message`` sees it. The helper
+#: sends at most 64 KiB per frame.
+MAX_FRAME = 1024 * 1024
+#: Most of git's output sent in one frame.
+_OUT_FRAME = 256 * 1024
+#: Seconds between pings (``websocket_ping_interval`` overrides; 0 turns them off).
+PING_INTERVAL = 30.0
+#: A close reason must fit the 125-byte control frame with its 2-byte code.
+_MAX_REASON = 123
+
+
+def _reason(text: str) -> str:
+    data = text.encode("utf-8")[:_MAX_REASON]
+    return data.decode("utf-8", "ignore")
+
+
+def _frame_header(n: int) -> bytes:
+    """The header of an unmasked, final, binary frame of ``n`` bytes (RFC 6455 5.2)."""
+    if n < 126:
+        return bytes((0x82, n))
+    if n < 65536:
+        return struct.pack("!BBH", 0x82, 126, n)
+    return struct.pack("!BBQ", 0x82, 127, n)
+
+
+class _HeldWrites:
+    """Stands in for a WebSocket's stream while git's output is spliced into its socket.
+
+    Reads and everything else go to the stream; what Tornado writes (pongs,
+    pings, a close frame) is held and handed to the splice pump, which sends it
+    between two frames (``frame``, called on the pump's thread).
+    """
+
+    def __init__(self, stream: IOStream, stop: Callable[[], None]) -> None:
+        self._stream = stream
+        self._stop = stop
+        self._held: collections.deque[bytes] = collections.deque()  # thread-safe append/popleft
+        #: Tornado closed the connection: it closes once the held bytes are out.
+        self.closing = False
+
+    def close(self, exc_info: Any = False) -> None:
+        # A close frame (1009, a protocol error) is held: stop the splice first,
+        # then it goes out and the stream closes (``release``).
+        self.closing = True
+        self._stop()
+
+    def closed(self) -> bool:
+        return self.closing or self._stream.closed()
+
+    def release(self) -> None:
+        """The splice is over: send what was held, close if Tornado asked to."""
+        rest = self.take()
+        if rest and not self._stream.closed():
+            self._stream.write(rest).add_done_callback(_retrieve)
+        if self.closing:
+            self._stream.close()
+
+    def write(self, data: bytes | memoryview) -> asyncio.Future:
+        self._held.append(bytes(data))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def take(self) -> bytes:
+        parts = []
+        while self._held:
+            parts.append(self._held.popleft())
+        return b"".join(parts)
+
+    def frame(self, n: int) -> bytes:
+        return self.take() + _frame_header(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a write's failure as seen (the code awaiting the next write handles it)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class WebSocketUpgrade(tornado.routing.PathMatches):
+    """A path pattern that matches only a ``GET`` asking for ``Upgrade: websocket``.
+
+    Routed before the smart HTTP RPC route on the same URLs, so a POST (or a
+    plain GET, 405 there) never reaches the WebSocket handler.
+    """
+
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:  # type: ignore[override]
+        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return super().match(request)
+
+
+class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
+    """``GET <repo>/git-upload-pack|git-receive-pack|git-upload-archive`` upgraded to ws://.
+
+    Configured like the HTTP handlers (``config=GitConfig(...)`` or its
+    keywords): the gate, git, the input caps (``upload_pack_limit`` for the
+    whole input of a read session, ``receive_pack_limit`` for a push) and the
+    idle timeouts (``body_idle_timeout``: git waits for the client;
+    ``send_timeout``: the client takes none of git's output).
+    """
+
+    ALLOWED = ("GET",)
+    transport = "ws"
+    service: Service
+    session: Session
+    run: GitRun | None = None
+    _git_protocol_value: str | None = None
+    _pump: asyncio.Task | None = None
+    _ended = False
+    _noted = False
+
+    # -- before the upgrade: an ordinary HTTP request ---------------------------------
+    async def get(self, repo: str, service: str) -> None:
+        svc = service_for(service, transport="ws")
+        if svc is None:
+            raise BadRequest(f"unsupported service {service!r}")
+        value = self.request.headers.get("Git-Protocol")
+        if value is not None and not valid_git_protocol(value):
+            raise BadRequest("malformed Git-Protocol header")
+        self.service, self._git_protocol_value = svc, value
+        self.session = await self.decide(repo, svc.right)
+        await super().get(repo, service)  # the upgrade (or Tornado's 400/403/426)
+
+    @property
+    def ping_interval(self) -> float | None:
+        return self.settings.get("websocket_ping_interval", PING_INTERVAL)
+
+    @property
+    def ping_timeout(self) -> float | None:
+        # 0: no pong deadline. Tornado reads no pong while on_message waits for a
+        # busy git, so a deadline would cut legitimate backpressure.
+        return self.settings.get("websocket_ping_timeout", 0)
+
+    @property
+    def max_message_size(self) -> int:
+        return self.settings.get("websocket_max_message_size", MAX_FRAME)
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None  # never permessage-deflate (see the module docstring)
+
+    # -- after the upgrade: frames <-> the run ------------------------------------------
+    def open(self, repo: str, service: str) -> None:
+        config = self.config
+        limit = config.upload_pack_limit if self.service.right == READ else config.receive_pack_limit
+        try:
+            self.run = GitRun(
+                self.session,
+                self.service,
+                transport="ws",
+                remote_addr=self.request.remote_ip or "",
+                git_protocol=self._git_protocol_value,
+                stateless=False,
+                git=self.git,
+                input_limit=limit,
+                input_idle=config.body_idle_timeout or None,
+                output_idle=config.send_timeout or None,
+                on_abort=self._drop,
+            )
+        except OSError as exc:
+            app_log.error("cannot start git %s for %s: %s", self.service.name, self.session.repo.name, exc)
+            self._end(_CLOSE_INTERNAL, "the server could not start git")
+            return
+        self.set_nodelay(True)  # negotiation is many small packets each way
+        self._scanner = pktline.Scanner()
+        self._pump = asyncio.ensure_future(self._send_output(self.run))
+
+    async def on_message(self, message: str | bytes) -> None:
+        run = self.run
+        if run is None or self._ended:
+            return
+        if isinstance(message, str):
+            self._refuse(CLOSE_BAD_INPUT, "text frame: git's data goes in binary frames")
+            return
+        if not message:
+            run.end_input()  # the client's half-close
+            return
+        try:
+            if not self._noted:
+                self._scanner.feed(message)
+                if self._scanner.first is not None:
+                    self._noted = True
+                    run.note_request(self._scanner.first)
+            # False once git stopped reading: it failed and says why on its way out.
+            await run.feed(message)
+        except pktline.PktLineError as exc:
+            self._refuse(CLOSE_BAD_INPUT, f"malformed request: {exc}")
+        except GitAccessError as exc:  # PayloadTooLarge
+            self._refuse(4000 + exc.status, str(exc))
+
+    def on_close(self) -> None:
+        # Every upgraded connection ends here: never leave git behind.
+        run = self.run
+        if run is not None:
+            run.peer_gone()
+            run.close()
+
+    async def _send_output(self, run: GitRun) -> None:
+        """git's output -> binary frames; when it ends, close with git's outcome."""
+        try:
+            sock = self._splice_socket()
+            if sock is not None:
+                await self._splice_output(run, sock)
+            else:
+                await self._relay_output(run)
+            status = await run.wait()
+            trailer = run.trailer()
+            if trailer:
+                await self.write_message(trailer, binary=True)
+        except (PeerGone, StreamClosedError, tornado.websocket.WebSocketClosedError):
+            run.peer_gone()
+            return
+        finally:
+            run.close()  # a no-op once git is reaped; otherwise it stops git
+        if run.abort_reason is not None:
+            self._end(CLOSE_IDLE, run.abort_reason)
+        elif status != 0:
+            # trailer() None: git failed inside a pack that went by unseen; the code says it.
+            self._end(CLOSE_FAILED, f"{run.service.name} failed on the server (see its log)")
+        else:
+            self._end(CLOSE_OK, "")
+
+    async def _relay_output(self, run: GitRun) -> None:
+        # One frame in flight while the next is read from git: the socket never
+        # waits for a Python step, and at most two frames are buffered.
+        flushed = None
+        while chunk := await run.read(_OUT_FRAME):
+            sent = self.write_message(chunk, binary=True)
+            sent.add_done_callback(_retrieve)  # its failure is the previous one's too
+            if flushed is not None:
+                await flushed
+            flushed = sent
+        if flushed is not None:
+            await flushed
+
+    def _splice_socket(self) -> socket.socket | None:
+        """The plain socket git's output may be spliced into, or None to relay (TLS)."""
+        if not self.config.direct_output or not hasattr(os, "splice"):
+            return None
+        stream = getattr(self.ws_connection, "stream", None)
+        if type(stream) is not IOStream or stream.socket is None:
+            return None
+        return stream.socket
+
+    async def _splice_output(self, run: GitRun, sock: socket.socket) -> None:
+        """Let the kernel move git's output into the socket, each piece a binary frame.
+
+        Tornado must not write to the socket meanwhile (a pong or a close could land
+        inside a frame): its stream is swapped for one that holds what Tornado
+        writes, and the pump sends that between two frames (or it goes at the end).
+        """
+        protocol = self.ws_connection
+        assert protocol is not None
+        real = protocol.stream
+        held = _HeldWrites(real, run.peer_gone)
+        protocol.stream = held  # type: ignore[assignment]
+        try:
+            await run.splice_into(sock, held.frame)
+        finally:
+            protocol.stream = real
+            held.release()
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Input that is not git's: stop git (nothing half-done is kept), then say why."""
+        app_log.info("ws %s %s: closing with %d: %s", self.service.name, self.request.path, code, reason)
+        if self.run is not None:
+            self.run.close(reason=f"refused: {code} {reason}")
+        self._end(code, reason)
+
+    def _drop(self, reason: str) -> None:
+        """The run gave up on this client (an idle timer): say so and hang up."""
+        self._end(CLOSE_IDLE, reason)
+
+    def _end(self, code: int, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.close(code, _reason(reason) if reason else None)
