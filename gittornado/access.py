@@ -26,22 +26,45 @@ from passlib.context import CryptContext
 
 from .rights import AccessRequest, BadCredentials, Credentials, Grant
 
-__all__ = ["Policy", "Rule", "AccessFileError", "parse_access_file", "AccessFile",
-           "PASSWORD_CONTEXT", "hash_password", "hash_weakness"]
+__all__ = [
+    "Policy",
+    "Rule",
+    "AccessFileError",
+    "parse_access_file",
+    "AccessFile",
+    "PASSWORD_CONTEXT",
+    "hash_password",
+    "hash_weakness",
+]
 
 app_log = logging.getLogger("gittornado.application")
 
 #: Accepted so old htpasswd/LDAP/GitTornado files keep working, but one fast
 #: digest (or MD5) per guess: each user with one is warned about at load.
-_DEPRECATED = ("apr_md5_crypt", "md5_crypt", "ldap_salted_sha512", "ldap_salted_sha256",
-               "ldap_salted_sha1", "ldap_sha1", "hex_sha1")
+_DEPRECATED = (
+    "apr_md5_crypt",
+    "md5_crypt",
+    "ldap_salted_sha512",
+    "ldap_salted_sha256",
+    "ldap_salted_sha1",
+    "ldap_sha1",
+    "hex_sha1",
+)
 
 #: Every hash format an access file may hold. The first is what
 #: ``gittornado-passwd`` writes; the deprecated ones verify but are flagged.
 PASSWORD_CONTEXT = CryptContext(
     schemes=[
-        "bcrypt", "argon2", "sha512_crypt", "sha256_crypt", "apr_md5_crypt", "md5_crypt",
-        "ldap_salted_sha512", "ldap_salted_sha256", "ldap_salted_sha1", "ldap_sha1",
+        "bcrypt",
+        "argon2",
+        "sha512_crypt",
+        "sha256_crypt",
+        "apr_md5_crypt",
+        "md5_crypt",
+        "ldap_salted_sha512",
+        "ldap_salted_sha256",
+        "ldap_salted_sha1",
+        "ldap_sha1",
         "hex_sha1",
     ],
     default="bcrypt",
@@ -50,8 +73,13 @@ PASSWORD_CONTEXT = CryptContext(
 )
 
 _LEGACY_SHA1 = re.compile(r"[0-9a-fA-F]{40}\Z")
-_PERMS = {"r": (True, False), "rw": (True, True), "w": (True, True), "none": (False, False),
-          "-": (False, False)}
+_PERMS = {
+    "r": (True, False),
+    "rw": (True, True),
+    "w": (True, True),
+    "none": (False, False),
+    "-": (False, False),
+}
 _NAME = re.compile(r"[^\s=:,;#\[\]@*][^\s=:,;#\[\]]*\Z")
 _PATTERN = re.compile(r"[^\s=,;#]+\Z")
 
@@ -89,8 +117,7 @@ def hash_weakness(hashed: str) -> str | None:
     rounds = getattr(parsed, "rounds", None)
     if scheme == "bcrypt" and rounds is not None and rounds < _MIN_BCRYPT_ROUNDS:
         return f"bcrypt cost {rounds} (want at least {_MIN_BCRYPT_ROUNDS})"
-    if scheme in ("sha512_crypt", "sha256_crypt") and rounds is not None \
-            and rounds < _MIN_SHA_CRYPT_ROUNDS:
+    if scheme in ("sha512_crypt", "sha256_crypt") and rounds is not None and rounds < _MIN_SHA_CRYPT_ROUNDS:
         return f"{scheme} with {rounds} rounds (want at least {_MIN_SHA_CRYPT_ROUNDS})"
     if scheme == "argon2":
         work = (getattr(parsed, "memory_cost", 0) or 0) * (rounds or 0)
@@ -106,8 +133,12 @@ def _cost_class(hashed: str) -> tuple:
         parsed = PASSWORD_CONTEXT.handler(scheme).from_string(hashed)
     except (ValueError, TypeError, KeyError):
         return (scheme,)
-    return (scheme, getattr(parsed, "rounds", None), getattr(parsed, "memory_cost", None),
-            getattr(parsed, "parallelism", None))
+    return (
+        scheme,
+        getattr(parsed, "rounds", None),
+        getattr(parsed, "memory_cost", None),
+        getattr(parsed, "parallelism", None),
+    )
 
 
 class AccessFileError(ValueError):
@@ -118,8 +149,8 @@ class AccessFileError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    subject: str      #: user name, ``@group`` or ``*``
-    pattern: str      #: repository glob, no ``.git``
+    subject: str  #: user name, ``@group`` or ``*``
+    pattern: str  #: repository glob, no ``.git``
     read: bool
     write: bool
     line: int
@@ -140,9 +171,9 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 @dataclass
 class Policy:
-    users: dict[str, str] = field(default_factory=dict)         #: name -> hash
+    users: dict[str, str] = field(default_factory=dict)  #: name -> hash
     user_lines: dict[str, int] = field(default_factory=dict)
-    groups: dict[str, set[str]] = field(default_factory=dict)   #: group -> members
+    groups: dict[str, set[str]] = field(default_factory=dict)  #: group -> members
     rules: list[Rule] = field(default_factory=list)
 
     def subjects(self, user: str | None) -> set[str]:
@@ -244,8 +275,9 @@ def parse_access_file(text: str) -> Policy:
             if key in policy.users:
                 raise AccessFileError(lineno, f"user {key!r} defined twice")
             if not _LEGACY_SHA1.match(value) and PASSWORD_CONTEXT.identify(value, required=False) is None:
-                raise AccessFileError(lineno, f"the password of {key!r} is not a recognised hash "
-                                              "(use gittornado-passwd)")
+                raise AccessFileError(
+                    lineno, f"the password of {key!r} is not a recognised hash (use gittornado-passwd)"
+                )
             policy.users[key] = value.lower() if _LEGACY_SHA1.match(value) else value
             policy.user_lines[key] = lineno
         elif section == "groups":
@@ -295,13 +327,20 @@ class AccessFile:
     #: How long after a write the stat alone is not trusted to show a change.
     RACY_SECONDS = 2.0
 
-    def __init__(self, path: str, *, check_interval: float = 1.0, cache_ttl: float = 60.0,
-                 executor: concurrent.futures.Executor | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        check_interval: float = 1.0,
+        cache_ttl: float = 60.0,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.path = path
         self.check_interval = check_interval
         self.cache_ttl = cache_ttl
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="gittornado-passwords")
+            max_workers=4, thread_name_prefix="gittornado-passwords"
+        )
         self._lock = threading.Lock()
         self._stat: tuple | None = None
         self._digest: bytes | None = None
@@ -340,8 +379,7 @@ class AccessFile:
                     data = fh.read()
             except OSError as exc:
                 if self._digest is not None or force:
-                    app_log.error("access file %s not loaded (keeping the previous one): %s",
-                                  self.path, exc)
+                    app_log.error("access file %s not loaded (keeping the previous one): %s", self.path, exc)
                 self._digest, self._current = None, False
                 return False
             digest = hashlib.sha256(data).digest()
@@ -351,13 +389,13 @@ class AccessFile:
             try:
                 policy = parse_access_file(data.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                app_log.error("access file %s refused (keeping the previous one): "
-                              "not UTF-8 (%s)", self.path, exc)
+                app_log.error(
+                    "access file %s refused (keeping the previous one): not UTF-8 (%s)", self.path, exc
+                )
                 self._current = False
                 return False
             except AccessFileError as exc:
-                app_log.error("access file %s refused (keeping the previous one): %s",
-                              self.path, exc)
+                app_log.error("access file %s refused (keeping the previous one): %s", self.path, exc)
                 self._current = False
                 return False
             self.policy = policy
@@ -367,11 +405,22 @@ class AccessFile:
             # kind and cost, so timing does not tell who exists.
             self._dummy_hash = policy.typical_hash()
             for user in policy.weak_users():
-                app_log.warning("access file %s: user %r has a weak password hash (%s); "
-                                "replace it with: gittornado-passwd %s %s", self.path, user,
-                                hash_weakness(policy.users[user]), self.path, user)
-            app_log.info("access file %s loaded: %d users, %d groups, %d rules", self.path,
-                         len(policy.users), len(policy.groups), len(policy.rules))
+                app_log.warning(
+                    "access file %s: user %r has a weak password hash (%s); "
+                    "replace it with: gittornado-passwd %s %s",
+                    self.path,
+                    user,
+                    hash_weakness(policy.users[user]),
+                    self.path,
+                    user,
+                )
+            app_log.info(
+                "access file %s loaded: %d users, %d groups, %d rules",
+                self.path,
+                len(policy.users),
+                len(policy.groups),
+                len(policy.rules),
+            )
             return True
 
     def maybe_reload(self) -> None:
@@ -402,8 +451,11 @@ class AccessFile:
 
     def _cache_token(self, username: str, password: str) -> bytes:
         user = username.encode("utf-8", "surrogatepass")
-        return hmac.new(self._cache_key, len(user).to_bytes(4, "big") + user +
-                        password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        return hmac.new(
+            self._cache_key,
+            len(user).to_bytes(4, "big") + user + password.encode("utf-8", "surrogatepass"),
+            hashlib.sha256,
+        ).digest()
 
     async def check_password(self, username: str, password: str) -> bool:
         """True when the pair is right; verified in a thread, successes cached for ``cache_ttl``."""
@@ -428,8 +480,7 @@ class AccessFile:
     @overload
     async def authenticate(self, credentials: str, password: str) -> bool: ...
 
-    async def authenticate(self, credentials: Credentials | str,
-                           password: str | None = None) -> str | bool:
+    async def authenticate(self, credentials: Credentials | str, password: str | None = None) -> str | bool:
         """``Authenticator``: the user name, or ``BadCredentials``.
 
         The 0.2 form ``authenticate(username, password) -> bool`` still works
@@ -447,8 +498,7 @@ class AccessFile:
         """``Authorizer``: the most permissive rule for ``request.user`` (None: anonymous)."""
         self.maybe_reload()
         read, write, rule = self.policy.rights(request.user, request.repo)
-        return Grant(user=request.user, read=read, write=write,
-                     rule=rule.describe() if rule else None)
+        return Grant(user=request.user, read=read, write=write, rule=rule.describe() if rule else None)
 
     async def check(self, request: AccessRequest) -> Grant:
         """Both steps at once (the 0.2 access protocol), for code that calls it directly."""

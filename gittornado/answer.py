@@ -28,8 +28,17 @@ _HEX = b"0123456789abcdefABCDEF"
 class AnswerState:
     """Tracks one answer: packet boundaries and whether it has switched to side-band."""
 
-    __slots__ = ("sideband", "_after_negotiation", "_hdr", "remaining", "_head", "_want",
-                 "broken", "seen", "lost")
+    __slots__ = (
+        "sideband",
+        "_after_negotiation",
+        "_hdr",
+        "remaining",
+        "_head",
+        "_want",
+        "broken",
+        "seen",
+        "lost",
+    )
 
     def __init__(self, *, sideband: bool = False, sideband_after_negotiation: bool = False) -> None:
         #: True once git's answer is multiplexed (the late error goes out on band 3).
@@ -127,8 +136,11 @@ class AnswerState:
             self.sideband = True
         elif complete and head == b"packfile\n":
             self.sideband = True  # gitprotocol-v2: the packfile section is always multiplexed
-        elif complete and self._after_negotiation and (
-                head == b"NAK\n" or (head.startswith(b"ACK ") and len(head.split()) == 2)):
+        elif (
+            complete
+            and self._after_negotiation
+            and (head == b"NAK\n" or (head.startswith(b"ACK ") and len(head.split()) == 2))
+        ):
             self.sideband = True  # the final NAK/ACK: the pack follows, multiplexed
 
     def late_error(self, message: str) -> bytes:
@@ -146,7 +158,7 @@ class AnswerState:
                 header = bytes(self._hdr) + digit * (4 - len(self._hdr))
                 n = int(header, 16)
                 if 4 <= n <= pktline.MAX_PKT_LEN:
-                    pad = header[len(self._hdr):] + b"\0" * (n - 4)
+                    pad = header[len(self._hdr) :] + b"\0" * (n - 4)
                     break
         elif self.remaining:
             pad = b"\0" * self.remaining
@@ -155,8 +167,7 @@ class AnswerState:
         return pad + pktline.error_line(message)
 
 
-def expect_from_request(state: AnswerState, service: str, protocol: int,
-                        first_line: bytes | None) -> None:
+def expect_from_request(state: AnswerState, service: str, protocol: int, first_line: bytes | None) -> None:
     """Refine ``state`` from the client's first request line (its capabilities).
 
     v2 needs nothing: its ``packfile`` section header is seen in the answer.

@@ -30,12 +30,21 @@ DUMB_FILES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"HEAD\Z"), "text/plain", False),
     (re.compile(r"objects/info/(?:alternates|http-alternates)\Z"), "text/plain", False),
     (re.compile(r"objects/info/packs\Z"), "text/plain; charset=utf-8", False),
-    (re.compile(r"objects/[0-9a-f]{2}/(?:[0-9a-f]{38}|[0-9a-f]{62})\Z"),
-     "application/x-git-loose-object", True),
-    (re.compile(r"objects/pack/pack-(?:[0-9a-f]{40}|[0-9a-f]{64})\.pack\Z"),
-     "application/x-git-packed-objects", True),
-    (re.compile(r"objects/pack/pack-(?:[0-9a-f]{40}|[0-9a-f]{64})\.idx\Z"),
-     "application/x-git-packed-objects-toc", True),
+    (
+        re.compile(r"objects/[0-9a-f]{2}/(?:[0-9a-f]{38}|[0-9a-f]{62})\Z"),
+        "application/x-git-loose-object",
+        True,
+    ),
+    (
+        re.compile(r"objects/pack/pack-(?:[0-9a-f]{40}|[0-9a-f]{64})\.pack\Z"),
+        "application/x-git-packed-objects",
+        True,
+    ),
+    (
+        re.compile(r"objects/pack/pack-(?:[0-9a-f]{40}|[0-9a-f]{64})\.idx\Z"),
+        "application/x-git-packed-objects-toc",
+        True,
+    ),
 ]
 
 #: ``update-server-info``'s ``info/refs`` format: each ref, then its peeled object for tags.
@@ -57,8 +66,9 @@ def _set_cache(handler: tornado.web.RequestHandler, immutable: bool) -> None:
 
 async def send_info_refs(handler: tornado.web.RequestHandler, session: Session, git: str = "git") -> None:
     """The dumb ``info/refs``, generated from the repository's refs (like http-backend)."""
-    out = await git_output([git, "for-each-ref", f"--format={_FOR_EACH_REF_FORMAT}", "refs/"],
-                           cwd=session.repo.path)
+    out = await git_output(
+        [git, "for-each-ref", f"--format={_FOR_EACH_REF_FORMAT}", "refs/"], cwd=session.repo.path
+    )
     handler.set_header("Content-Type", "text/plain; charset=utf-8")
     _set_cache(handler, immutable=False)
     handler.finish(out)
@@ -111,5 +121,3 @@ class FileHandler(GitHandler):
                 return
 
     head = get
-
-

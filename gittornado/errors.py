@@ -7,8 +7,14 @@ them into the status code, SSH into one stderr line and exit status 128.
 from __future__ import annotations
 
 __all__ = [
-    "GitAccessError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
-    "TooManyRequests", "PayloadTooLarge", "ServiceUnavailable",
+    "GitAccessError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "TooManyRequests",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
 ]
 
 

@@ -57,15 +57,28 @@ GIT_OPTIONS = (
 #: Environment a server's git must not inherit from whoever started the server:
 #: they would point git at another repository or change what it writes.
 _SCRUBBED_ENV = (
-    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PROTOCOL",
-    "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_QUARANTINE_PATH",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_PROTOCOL",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_QUARANTINE_PATH",
 )
 
 
-def git_argv(service: Service, repo_path: str, *, stateless: bool = True,
-             advertise: bool = False, git: str = "git",
-             options: tuple[str, ...] = GIT_OPTIONS) -> list[str]:
+def git_argv(
+    service: Service,
+    repo_path: str,
+    *,
+    stateless: bool = True,
+    advertise: bool = False,
+    git: str = "git",
+    options: tuple[str, ...] = GIT_OPTIONS,
+) -> list[str]:
     """The argv that serves ``service`` on ``repo_path``.
 
     ``stateless`` is HTTP's ``--stateless-rpc`` (``gitprotocol-http``);
@@ -85,9 +98,16 @@ def git_argv(service: Service, repo_path: str, *, stateless: bool = True,
     return argv
 
 
-def git_env(base: dict[str, str], *, user: str | None, repo: str, transport: str,
-            remote_addr: str, git_protocol: str | None = None,
-            extra: dict[str, str] | None = None) -> dict[str, str]:
+def git_env(
+    base: dict[str, str],
+    *,
+    user: str | None,
+    repo: str,
+    transport: str,
+    remote_addr: str,
+    git_protocol: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The environment git and its hooks see (SPEC "Hooks see").
 
     Like ``git http-backend``, the pusher becomes the committer identity of
@@ -113,8 +133,9 @@ def git_env(base: dict[str, str], *, user: str | None, repo: str, transport: str
 
 #: Pipe buffer for git's output: fewer wakeups per clone (Linux caps it at pipe-max-size).
 _PIPE_SIZE = 1024 * 1024
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) \
-    | getattr(os, "SPLICE_F_MORE", 4)
+_SPLICE_FLAGS = (
+    getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MORE", 4)
+)
 #: After this much of a multiplexed answer, the rest (the pack) is spliced unseen.
 _BULK_AFTER = 256 * 1024
 #: A frame of the pack waits for at least this much in the pipe...
@@ -129,6 +150,24 @@ _GRACE = 2.0
 
 class PeerGone(Exception):
     """The client went away or was dropped: the one signal a transport maps its own to."""
+
+
+#: Every run of this process not yet done: a graceful shutdown waits for them and
+#: then stops the rest; metrics count them. Runs add and remove themselves.
+_RUNNING: set[GitRun] = set()
+#: Called with each run once it is done (after its audit line): the metrics.
+_RUN_OBSERVERS: list[Callable[[GitRun], None]] = []
+
+
+def running_runs() -> list[GitRun]:
+    """The runs of this process that are not done yet (any transport)."""
+    return list(_RUNNING)
+
+
+def add_run_observer(observer: Callable[[GitRun], None]) -> None:
+    """Have ``observer(run)`` called as each run ends (it must not raise; errors are logged)."""
+    if observer not in _RUN_OBSERVERS:
+        _RUN_OBSERVERS.append(observer)
 
 
 @dataclass
@@ -150,7 +189,7 @@ class Operation:
 class _Child:
     proc: subprocess.Popen
     stdin: PipeIOStream | None
-    stdout: int | None          #: raw non-blocking fd (read or spliced by GitRun)
+    stdout: int | None  #: raw non-blocking fd (read or spliced by GitRun)
     stderr: PipeIOStream | None
 
     @property
@@ -158,8 +197,15 @@ class _Child:
         return self.proc.pid
 
 
-def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool | int = True,
-           stdout: bool = True, stderr: bool = True) -> _Child:
+def _spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None,
+    cwd: str,
+    stdin: bool | int = True,
+    stdout: bool = True,
+    stderr: bool = True,
+) -> _Child:
     """Start ``argv``; stdin is an async pipe (True) or a given fd, stdout a raw pipe.
 
     Like ``tornado.process.Subprocess``, but the streams are made only once
@@ -184,9 +230,16 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
             except (OSError, AttributeError):
                 pass
         proc = subprocess.Popen(
-            argv, env=env, cwd=cwd, close_fds=True, start_new_session=True,
-            **{name: child_ends.get(name, subprocess.DEVNULL if value is False else value)
-               for name, value in given.items()})
+            argv,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+            start_new_session=True,
+            **{
+                name: child_ends.get(name, subprocess.DEVNULL if value is False else value)
+                for name, value in given.items()
+            },
+        )
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -196,10 +249,12 @@ def _spawn(argv: list[str], *, env: dict[str, str] | None, cwd: str, stdin: bool
     out = parent_ends.get("stdout")
     if out is not None:
         os.set_blocking(out, False)
-    return _Child(proc,
-                  PipeIOStream(parent_ends["stdin"]) if "stdin" in parent_ends else None,
-                  out,
-                  PipeIOStream(parent_ends["stderr"]) if "stderr" in parent_ends else None)
+    return _Child(
+        proc,
+        PipeIOStream(parent_ends["stdin"]) if "stdin" in parent_ends else None,
+        out,
+        PipeIOStream(parent_ends["stderr"]) if "stderr" in parent_ends else None,
+    )
 
 
 async def reap(popen: subprocess.Popen) -> int:
@@ -285,26 +340,53 @@ class GitRun:
     ``on_abort(reason)`` so the transport can drop its connection.
     """
 
-    def __init__(self, session: Session, service: Service, *, transport: str, remote_addr: str,
-                 git_protocol: str | None = None, advertise: bool = False, stateless: bool = True,
-                 spool: bool = False, git: str = "git", input_limit: int | None = None,
-                 input_idle: float | None = None, output_idle: float | None = None,
-                 on_abort: Callable[[str], None] | None = None,
-                 input_fd: int | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        service: Service,
+        *,
+        transport: str,
+        remote_addr: str,
+        git_protocol: str | None = None,
+        advertise: bool = False,
+        stateless: bool = True,
+        spool: bool = False,
+        git: str = "git",
+        input_limit: int | None = None,
+        input_idle: float | None = None,
+        output_idle: float | None = None,
+        on_abort: Callable[[str], None] | None = None,
+        input_fd: int | None = None,
+    ) -> None:
         if input_fd is not None and (spool or advertise or input_idle):
-            raise ValueError("git reading the peer's own fd cannot be spooled, advertise or "
-                             "have its input watched: no input passes through the run")
+            raise ValueError(
+                "git reading the peer's own fd cannot be spooled, advertise or "
+                "have its input watched: no input passes through the run"
+            )
         #: git reads the peer's fd itself (see the class docstring).
         self._wired = input_fd is not None
         self.service = service
         self.protocol = protocol_version(git_protocol)
         repo = session.repo
         self._argv = git_argv(service, repo.path, stateless=stateless, advertise=advertise, git=git)
-        self._env = git_env(os.environ, user=session.user, repo=repo.name, transport=transport,
-                            remote_addr=remote_addr, git_protocol=git_protocol, extra=session.env)
+        self._env = git_env(
+            os.environ,
+            user=session.user,
+            repo=repo.name,
+            transport=transport,
+            remote_addr=remote_addr,
+            git_protocol=git_protocol,
+            extra=session.env,
+        )
         self._cwd = repo.path
-        self.op = Operation(user=session.user, remote_addr=remote_addr, repo=repo.name,
-                            service=service.name, protocol=self.protocol, transport=transport)
+        self.op = Operation(
+            user=session.user,
+            remote_addr=remote_addr,
+            repo=repo.name,
+            service=service.name,
+            protocol=self.protocol,
+            transport=transport,
+        )
         #: Where the answer stands (pkt boundary, side-band), for ``trailer``/``late_error``.
         self.answer = AnswerState()
         self.input_limit = input_limit
@@ -350,6 +432,7 @@ class GitRun:
                 self.end_input()  # --advertise-refs reads nothing
         if input_idle or output_idle:
             self._task(self._watch())
+        _RUNNING.add(self)
 
     # -- lifecycle -------------------------------------------------------------------
     def _task(self, coro) -> asyncio.Task:
@@ -367,10 +450,10 @@ class GitRun:
             # Out of descriptors or processes: a busy server, not a broken request.
             # The transport answers 503 (it has sent nothing yet); logged once per run.
             self.abort_reason = f"cannot start git: {exc.strerror}"
-            app_log.warning("git %s repo=%s: cannot start git: %s", self.service.name,
-                            self.op.repo, exc.strerror)
-            raise ServiceUnavailable("the server is out of resources to run git; try again later") \
-                from None
+            app_log.warning(
+                "git %s repo=%s: cannot start git: %s", self.service.name, self.op.repo, exc.strerror
+            )
+            raise ServiceUnavailable("the server is out of resources to run git; try again later") from None
         self._task(self._reap())
         self._stderr_task = self._task(self._log_stderr())
 
@@ -482,8 +565,9 @@ class GitRun:
         except OSError:
             return True
 
-    async def splice_into(self, sock: socket.socket, frame: Callable[[int], bytes],
-                          tail: bytes = b"") -> None:
+    async def splice_into(
+        self, sock: socket.socket, frame: Callable[[int], bytes], tail: bytes = b""
+    ) -> None:
         """Move git's whole answer into ``sock`` (plain, non-blocking), framed.
 
         Each frame is ``frame(n)`` + n bytes + ``tail`` (HTTP chunks; WebSocket
@@ -601,8 +685,9 @@ class GitRun:
         if self.done or self.abort_reason is not None:
             return
         self.abort_reason = reason
-        app_log.warning("git %s repo=%s user=%s: %s", self.service.name, self.op.repo,
-                        self.op.user or "-", reason)
+        app_log.warning(
+            "git %s repo=%s user=%s: %s", self.service.name, self.op.repo, self.op.user or "-", reason
+        )
         if self._on_abort is not None:
             self._on_abort(reason)
         self._stop()
@@ -716,7 +801,13 @@ class GitRun:
                 if task is not asyncio.current_task() and task is not getattr(self, "_stderr_task", None):
                     task.cancel()
             self._audit()
+            for observer in list(_RUN_OBSERVERS):
+                try:
+                    observer(self)
+                except Exception:
+                    app_log.exception("run observer %r failed", observer)
         finally:
+            _RUNNING.discard(self)
             if not self._done.done():
                 self._done.set_result(None)
 
@@ -725,8 +816,11 @@ class GitRun:
         """``ok``, ``failed`` (git exited non-zero) or ``aborted`` (the peer left or was dropped)."""
         if self.abort_reason is not None:
             return "aborted"
-        if self._peer_left and not self._wired and not (
-                self.service.right == WRITE and self.input_complete and self.exit_status == 0):
+        if (
+            self._peer_left
+            and not self._wired
+            and not (self.service.right == WRITE and self.input_complete and self.exit_status == 0)
+        ):
             return "aborted"
         if self._child is None:
             return "aborted"
@@ -736,13 +830,22 @@ class GitRun:
         op = self.op
         result = self.result
         log = audit_log.info if result == "ok" else audit_log.warning
-        log("user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
+        log(
+            "user=%s addr=%s repo=%s service=%s protocol=v%d transport=%s "
             "in=%s out=%s duration=%.3fs exit=%s result=%s%s",
-            op.user or "-", op.remote_addr or "-", op.repo, op.service, op.protocol,
-            op.transport, "-" if self._wired else op.bytes_in, op.bytes_out,
+            op.user or "-",
+            op.remote_addr or "-",
+            op.repo,
+            op.service,
+            op.protocol,
+            op.transport,
+            "-" if self._wired else op.bytes_in,
+            op.bytes_out,
             time.monotonic() - op.started,
-            self.exit_status if self._child is not None else "-", result,
-            f" reason={self.abort_reason!r}" if self.abort_reason else "")
+            self.exit_status if self._child is not None else "-",
+            result,
+            f" reason={self.abort_reason!r}" if self.abort_reason else "",
+        )
 
     # -- the peer's clock ------------------------------------------------------------
     async def _watch(self) -> None:
@@ -753,8 +856,12 @@ class GitRun:
             await asyncio.sleep(step)
             now = loop.time()
             last = max(self._last_input, self._last_output) if self._duplex else self._last_input
-            if self._input_idle and not self.input_complete and not self._writing \
-                    and now - last >= self._input_idle:
+            if (
+                self._input_idle
+                and not self.input_complete
+                and not self._writing
+                and now - last >= self._input_idle
+            ):
                 self.abort(f"no request data for {now - last:.0f}s")
                 return
             since = self._peer_wait_since
@@ -790,8 +897,9 @@ class GitRun:
 class _SplicePump:
     """The blocking loop behind ``GitRun.splice_into``, on its own thread."""
 
-    def __init__(self, run: GitRun, fd: int, sock: socket.socket, frame: Callable[[int], bytes],
-                 tail: bytes, wake: int) -> None:
+    def __init__(
+        self, run: GitRun, fd: int, sock: socket.socket, frame: Callable[[int], bytes], tail: bytes, wake: int
+    ) -> None:
         self.git_run, self.fd, self.sock, self.sfd = run, fd, sock, sock.fileno()
         self.frame, self.tail, self.wake = frame, tail, wake
 
@@ -861,7 +969,7 @@ class _SplicePump:
         view = memoryview(data)
         while view:
             try:
-                view = view[self.sock.send(view, socket.MSG_MORE):]
+                view = view[self.sock.send(view, socket.MSG_MORE) :]
             except BlockingIOError:
                 self._wait(sock=True)
 

@@ -45,8 +45,9 @@ class CheckAdapter:
 
     def __init__(self, access: Any) -> None:
         if not callable(getattr(access, "check", None)) and not callable(access):
-            raise TypeError(f"{access!r} is not an access object: it needs authorize(), "
-                            "check() or to be callable")
+            raise TypeError(
+                f"{access!r} is not an access object: it needs authorize(), check() or to be callable"
+            )
         self.access = access
 
     async def authorize(self, request: AccessRequest) -> Grant:
@@ -57,8 +58,12 @@ class CheckAdapter:
             read, write = answer
         except (TypeError, ValueError):
             raise TypeError(f"access check returned {answer!r}, not a Grant or (read, write)") from None
-        return Grant(user=request.user, read=bool(read), write=bool(write),
-                     ask_credentials=request.user is None and request.credentials is None)
+        return Grant(
+            user=request.user,
+            read=bool(read),
+            write=bool(write),
+            ask_credentials=request.user is None and request.credentials is None,
+        )
 
     def __repr__(self) -> str:
         return f"CheckAdapter({self.access!r})"
@@ -85,8 +90,13 @@ class _LegacyAccess:
                 read = write = False
         # auth() never said who the user is: no unverified name from the
         # Authorization header reaches hooks or logs.
-        return Grant(user=None, read=bool(read), write=bool(write), path=path,
-                     ask_credentials=self.auth is not None and request.credentials is None)
+        return Grant(
+            user=None,
+            read=bool(read),
+            write=bool(write),
+            path=path,
+            ask_credentials=self.auth is not None and request.credentials is None,
+        )
 
 
 def legacy_access(auth: Any = None, gitlookup: Any = None) -> Authorizer:
@@ -96,10 +106,14 @@ def legacy_access(auth: Any = None, gitlookup: Any = None) -> Authorizer:
 
 def _require_async(access: Any, name: str) -> None:
     method = getattr(access, name)
-    if not (inspect.iscoroutinefunction(method)
-            or callable(method) and inspect.iscoroutinefunction(method.__call__)):
-        raise TypeError(f"{type(access).__name__}.{name} must be a coroutine function "
-                        f"(async def): the gate awaits it")
+    if not (
+        inspect.iscoroutinefunction(method)
+        or callable(method)
+        and inspect.iscoroutinefunction(method.__call__)
+    ):
+        raise TypeError(
+            f"{type(access).__name__}.{name} must be a coroutine function (async def): the gate awaits it"
+        )
 
 
 def adapt(access: Any) -> tuple[Authenticator | None, Authorizer]:

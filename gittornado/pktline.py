@@ -9,8 +9,17 @@ a different meaning (``gitprotocol-v2``).
 from __future__ import annotations
 
 __all__ = [
-    "FLUSH", "DELIM", "RESPONSE_END", "MAX_PKT_LEN", "PktLineError",
-    "encode", "error_line", "sideband", "Parser", "Scanner", "capabilities",
+    "FLUSH",
+    "DELIM",
+    "RESPONSE_END",
+    "MAX_PKT_LEN",
+    "PktLineError",
+    "encode",
+    "error_line",
+    "sideband",
+    "Parser",
+    "Scanner",
+    "capabilities",
 ]
 
 FLUSH = b"0000"
@@ -90,7 +99,7 @@ class Parser:
         buf = self._buf
         pos = 0
         while len(buf) - pos >= 4:
-            n = _parse_length(bytes(buf[pos:pos + 4]))
+            n = _parse_length(bytes(buf[pos : pos + 4]))
             if n < 4:
                 out.append(_SPECIAL[n])
                 pos += 4
@@ -101,7 +110,7 @@ class Parser:
                 continue
             if len(buf) - pos < n:
                 break
-            out.append(Data(buf[pos + 4:pos + n]))
+            out.append(Data(buf[pos + 4 : pos + n]))
             pos += n
         del buf[:pos]
         return out
@@ -158,7 +167,7 @@ class Scanner:
                     self.packets += run
                     pos += 4 * run
                     continue
-            n = _parse_length(bytes(buf[pos:pos + 4]))
+            n = _parse_length(bytes(buf[pos : pos + 4]))
             if n < 4:
                 self.packets += 1
                 pos += 4
@@ -170,7 +179,7 @@ class Scanner:
             if self.first is None:
                 if end - pos < n:
                     break
-                self.first = bytes(buf[pos + 4:pos + n])
+                self.first = bytes(buf[pos + 4 : pos + n])
                 self.packets += 1
                 pos += n
                 continue

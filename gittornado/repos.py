@@ -42,8 +42,8 @@ _MAX_LOGGED = 1000
 
 @dataclass(frozen=True)
 class Repository:
-    name: str   #: canonical public name, no ``.git`` (``team/app``)
-    path: str   #: real path of the git directory
+    name: str  #: canonical public name, no ``.git`` (``team/app``)
+    path: str  #: real path of the git directory
 
 
 def has_encoded_separator(raw_path: str) -> bool:
@@ -133,8 +133,12 @@ class RepositoryLookup:
     def _refused(self, real: str, why: str) -> None:
         if real not in self._logged and len(self._logged) < _MAX_LOGGED:
             self._logged.add(real)
-            app_log.warning("repository %s refused: %s resolves outside %s "
-                            "(serve it with --allow-external-links)", real, why, self.gitbase)
+            app_log.warning(
+                "repository %s refused: %s resolves outside %s (serve it with --allow-external-links)",
+                real,
+                why,
+                self.gitbase,
+            )
 
     def lookup(self, name: str) -> Repository | None:
         """The repository a public name refers to, or None (missing or outside the root).

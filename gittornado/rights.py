@@ -18,8 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .services import READ, WRITE
 
-__all__ = ["BadCredentials", "Credentials", "AccessRequest", "Grant", "Authenticator",
-           "Authorizer"]
+__all__ = ["BadCredentials", "Credentials", "AccessRequest", "Grant", "Authenticator", "Authorizer"]
 
 
 class BadCredentials(Exception):
@@ -42,8 +41,8 @@ class AccessRequest:
     with ``dataclasses.replace``, never by mutation.
     """
 
-    repo: str                            #: public name; canonical (no ``.git``) once the gate has it
-    operation: str                       #: ``services.READ`` or ``services.WRITE``
+    repo: str  #: public name; canonical (no ``.git``) once the gate has it
+    operation: str  #: ``services.READ`` or ``services.WRITE``
     credentials: Credentials | None = None
     remote_addr: str = ""
     transport: str = "http"
@@ -80,7 +79,7 @@ class Grant:
     path: str | None = None
     #: Extra environment for git and its hooks (custom hook paths, ...).
     env: dict[str, str] = field(default_factory=dict, compare=False)
-    rule: str | None = None              #: which rule granted it, for logs and check-access
+    rule: str | None = None  #: which rule granted it, for logs and check-access
 
 
 @runtime_checkable

@@ -11,8 +11,16 @@ from dataclasses import dataclass
 
 from .errors import BadRequest
 
-__all__ = ["Service", "SERVICES", "service_for", "valid_git_protocol", "READ", "WRITE",
-           "SshCommand", "parse_ssh_command"]
+__all__ = [
+    "Service",
+    "SERVICES",
+    "service_for",
+    "valid_git_protocol",
+    "READ",
+    "WRITE",
+    "SshCommand",
+    "parse_ssh_command",
+]
 
 READ = "read"
 WRITE = "write"
@@ -20,10 +28,10 @@ WRITE = "write"
 
 @dataclass(frozen=True)
 class Service:
-    name: str         #: wire name, e.g. ``git-upload-pack``
-    subcommand: str   #: ``git <subcommand>``
-    right: str        #: READ or WRITE
-    http: bool        #: offered over smart HTTP (upload-archive is not in git 2.39)
+    name: str  #: wire name, e.g. ``git-upload-pack``
+    subcommand: str  #: ``git <subcommand>``
+    right: str  #: READ or WRITE
+    http: bool  #: offered over smart HTTP (upload-archive is not in git 2.39)
 
     @property
     def advertisement_type(self) -> str:
@@ -103,7 +111,7 @@ class SshCommand:
     """A parsed ``SSH_ORIGINAL_COMMAND``: which service, on which public repository path."""
 
     service: Service
-    path: str   #: relative to the root: no quotes, no leading ``/`` or ``~/`` (``team/app.git``)
+    path: str  #: relative to the root: no quotes, no leading ``/`` or ``~/`` (``team/app.git``)
 
 
 def _unquote(word: str) -> str:

@@ -28,8 +28,15 @@ from .rights import AccessRequest, BadCredentials, Credentials, Grant
 from .services import READ, WRITE
 
 __all__ = [
-    "Credentials", "AccessRequest", "Grant", "Session", "BadCredentials",
-    "OpenAccess", "Throttle", "Gate", "call_hook",
+    "Credentials",
+    "AccessRequest",
+    "Grant",
+    "Session",
+    "BadCredentials",
+    "OpenAccess",
+    "Throttle",
+    "Gate",
+    "call_hook",
 ]
 
 app_log = logging.getLogger("gittornado.application")
@@ -73,8 +80,9 @@ class Gate:
     :arg throttle: counts failed logins per address (None: no throttling).
     """
 
-    def __init__(self, access: Any = None, lookup: Any = None, *, gitbase: str = ".",
-                 throttle: Throttle | None = None) -> None:
+    def __init__(
+        self, access: Any = None, lookup: Any = None, *, gitbase: str = ".", throttle: Throttle | None = None
+    ) -> None:
         self.access = access if access is not None else OpenAccess()
         self.authenticator, self.authorizer = adapt(self.access)
         self.lookup = lookup if lookup is not None else RepositoryLookup(gitbase)
@@ -97,8 +105,11 @@ class Gate:
                 return await step()
             except BadCredentials:
                 if attempt.failed():
-                    app_log.warning("too many failed logins from %s: refusing logins for %ds",
-                                    addr, int(self.throttle.block))
+                    app_log.warning(
+                        "too many failed logins from %s: refusing logins for %ds",
+                        addr,
+                        int(self.throttle.block),
+                    )
                 raise Unauthorized("invalid username or password") from None
 
     async def authenticate(self, request: AccessRequest) -> AccessRequest:
@@ -115,8 +126,7 @@ class Gate:
                 self.throttle.check(request.remote_addr)
             return request
         authenticator, credentials = self.authenticator, request.credentials
-        user = await self._verified(request.remote_addr,
-                                    lambda: authenticator.authenticate(credentials))
+        user = await self._verified(request.remote_addr, lambda: authenticator.authenticate(credentials))
         if not isinstance(user, str) or not user:
             raise TypeError(f"{self.authenticator!r} authenticated {user!r}, not a user name")
         return dataclasses.replace(request, user=user)
@@ -124,8 +134,7 @@ class Gate:
     async def _authorize(self, request: AccessRequest) -> Grant:
         if self.authenticator is None and request.user is None and request.credentials is not None:
             # An adapted policy checks the password itself, in authorize().
-            return await self._verified(request.remote_addr,
-                                        lambda: self.authorizer.authorize(request))
+            return await self._verified(request.remote_addr, lambda: self.authorizer.authorize(request))
         return await self.authorizer.authorize(request)
 
     async def _find(self, name: str) -> Repository | None:

@@ -37,7 +37,7 @@ _INFLATE_STEP = 8 * 1024
 #: The longest a request may hold the event loop before it yields (seconds).
 _SLICE = 0.002
 #: Tornado needs an integer body limit; limits are ours (a 413 with a reason, not its 400).
-_UNBOUNDED = 2 ** 63
+_UNBOUNDED = 2**63
 
 
 def _chunk_header(n: int) -> bytes:
@@ -64,15 +64,24 @@ class _ServiceHandler(GitHandler):
             raise BadRequest("malformed Git-Protocol header")
         return value
 
-    def _new_run(self, *, advertise: bool = False, spool: bool = False,
-                 input_limit: int | None = None) -> GitRun:
+    def _new_run(
+        self, *, advertise: bool = False, spool: bool = False, input_limit: int | None = None
+    ) -> GitRun:
         config = self.config
-        return GitRun(self.session, self.service, transport="http",
-                      remote_addr=self.request.remote_ip or "",
-                      git_protocol=self._git_protocol_value, advertise=advertise, spool=spool,
-                      git=self.git, input_limit=input_limit,
-                      input_idle=config.body_idle_timeout or None,
-                      output_idle=config.send_timeout or None, on_abort=self._drop)
+        return GitRun(
+            self.session,
+            self.service,
+            transport="http",
+            remote_addr=self.request.remote_ip or "",
+            git_protocol=self._git_protocol_value,
+            advertise=advertise,
+            spool=spool,
+            git=self.git,
+            input_limit=input_limit,
+            input_idle=config.body_idle_timeout or None,
+            output_idle=config.send_timeout or None,
+            on_abort=self._drop,
+        )
 
     def _drop(self, reason: str) -> None:
         """The run gave up on this client: hang up (the reason is in the run's log line)."""
@@ -89,8 +98,7 @@ class _ServiceHandler(GitHandler):
         Only for HTTP/1.1 (chunked) on a plain TCP stream: TLS must encrypt in
         Python, and an HTTP/1.0 answer ends with the connection anyway.
         """
-        if not self.config.direct_output or not hasattr(os, "splice") \
-                or self.request.version != "HTTP/1.1":
+        if not self.config.direct_output or not hasattr(os, "splice") or self.request.version != "HTTP/1.1":
             return None
         stream = getattr(self.request.connection, "stream", None)
         if type(stream) is not IOStream or stream.socket is None:
@@ -227,12 +235,18 @@ class RPCHandler(_ServiceHandler):
         fetch = self.service.right == READ
         limit = self.config.upload_pack_limit if fetch else self.config.receive_pack_limit
         length = self.request.headers.get("Content-Length")
-        if limit is not None and self._inflater is None and length is not None \
-                and length.isdigit() and int(length) > limit:
+        if (
+            limit is not None
+            and self._inflater is None
+            and length is not None
+            and length.isdigit()
+            and int(length) > limit
+        ):
             # Refused before git starts; Tornado reads (and drops) the body, so the
             # client reads this answer instead of a reset connection.
-            raise PayloadTooLarge(f"{self.service.name} request of {length} bytes is larger than "
-                                  f"the limit of {limit} bytes")
+            raise PayloadTooLarge(
+                f"{self.service.name} request of {length} bytes is larger than the limit of {limit} bytes"
+            )
         self.request.connection.set_max_body_size(_UNBOUNDED)
         # upload-pack requests are pkt-lines from end to end; a push is pkt-line
         # commands up to a flush, then pack data passed through unread.
@@ -287,7 +301,7 @@ class RPCHandler(_ServiceHandler):
                 self._slice_start = loop.time()
                 if self._failed:
                     return
-            self._scanner.feed(view[start:start + _INFLATE_STEP])
+            self._scanner.feed(view[start : start + _INFLATE_STEP])
         if not self._noted and self._scanner.first is not None:
             self._noted = True
             self.run.note_request(self._scanner.first)
@@ -306,8 +320,11 @@ class RPCHandler(_ServiceHandler):
 
     def _small_body(self) -> bool:
         length = self.request.headers.get("Content-Length", "")
-        return length.isdigit() and int(length) <= self._DRAIN_LIMIT \
+        return (
+            length.isdigit()
+            and int(length) <= self._DRAIN_LIMIT
             and "Transfer-Encoding" not in self.request.headers
+        )
 
     async def post(self, repo: str, service: str) -> None:
         self._in_post = True

@@ -24,8 +24,15 @@ from .repos import RepositoryLookup, has_encoded_separator
 from .rights import AccessRequest, Credentials
 from .session import Gate, Session, Throttle
 
-__all__ = ["GitHandler", "GitConfig", "config_for", "parse_basic_auth", "NO_CACHE", "legacy_access",
-           "make_gate"]
+__all__ = [
+    "GitHandler",
+    "GitConfig",
+    "config_for",
+    "parse_basic_auth",
+    "NO_CACHE",
+    "legacy_access",
+    "make_gate",
+]
 
 app_log = logging.getLogger("gittornado.application")
 
@@ -63,13 +70,18 @@ def parse_basic_auth(header: str | None) -> Credentials | None:
     return Credentials(username, password)
 
 
-def make_gate(access: Any = None, lookup: Any = None, gitbase: str = ".",
-              throttle: Throttle | None = None, auth: Any = None, gitlookup: Any = None) -> Gate:
+def make_gate(
+    access: Any = None,
+    lookup: Any = None,
+    gitbase: str = ".",
+    throttle: Throttle | None = None,
+    auth: Any = None,
+    gitlookup: Any = None,
+) -> Gate:
     """The gate for handler keyword arguments (the original config-dict keys included)."""
     if access is None and (auth is not None or gitlookup is not None):
         access = legacy_access(auth, gitlookup)
-    return Gate(access, lookup if lookup is not None else RepositoryLookup(gitbase),
-                throttle=throttle)
+    return Gate(access, lookup if lookup is not None else RepositoryLookup(gitbase), throttle=throttle)
 
 
 @dataclass(frozen=True)
@@ -100,16 +112,33 @@ class GitConfig:
     send_timeout: float | None = 600.0
 
     @classmethod
-    def build(cls, *, access: Any = None, lookup: Any = None, gitbase: str = ".",
-              throttle: Throttle | None = None, gate: Gate | None = None, auth: Any = None,
-              gitlookup: Any = None, gitcommand: str | None = None, auth_failed: Any = None,
-              git: str = "git", **options: Any) -> GitConfig:
+    def build(
+        cls,
+        *,
+        access: Any = None,
+        lookup: Any = None,
+        gitbase: str = ".",
+        throttle: Throttle | None = None,
+        gate: Gate | None = None,
+        auth: Any = None,
+        gitlookup: Any = None,
+        gitcommand: str | None = None,
+        auth_failed: Any = None,
+        git: str = "git",
+        **options: Any,
+    ) -> GitConfig:
         """The config for handler keyword arguments (the original GitTornado keys included:
         ``auth``, ``gitlookup``, ``gitcommand``; ``auth_failed`` is accepted and unused)."""
         del auth_failed
         if gate is None:
-            gate = make_gate(access=access, lookup=lookup, gitbase=gitbase, throttle=throttle,
-                             auth=auth, gitlookup=gitlookup)
+            gate = make_gate(
+                access=access,
+                lookup=lookup,
+                gitbase=gitbase,
+                throttle=throttle,
+                auth=auth,
+                gitlookup=gitlookup,
+            )
         config = cls(gate=gate, git=gitcommand or git, **options)
         for name in ("upload_pack_limit", "receive_pack_limit"):
             value = getattr(config, name)
@@ -170,9 +199,11 @@ class GitHandler(tornado.web.RequestHandler):
         if has_encoded_separator(self.request.path):
             raise NotFound()
         request = AccessRequest(
-            repo=repo, operation=operation,
+            repo=repo,
+            operation=operation,
             credentials=parse_basic_auth(self.request.headers.get("Authorization")),
-            remote_addr=self.request.remote_ip or "", transport=self.transport,
+            remote_addr=self.request.remote_ip or "",
+            transport=self.transport,
             native_request=self.request,
         )
         return await self.gate.decide(request)

@@ -77,18 +77,25 @@ release
 """
 
 
-def git(*args: str, cwd: str | os.PathLike | None = None, check: bool = True,
-        env: dict | None = None, input: bytes | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
+def git(
+    *args: str,
+    cwd: str | os.PathLike | None = None,
+    check: bool = True,
+    env: dict | None = None,
+    input: bytes | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     """Run git; on failure the assertion shows its stderr."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    proc = subprocess.run(["git", *args], cwd=cwd, env=full_env, capture_output=True,
-                          input=input, timeout=timeout)
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env=full_env, capture_output=True, input=input, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stderr.decode(errors='replace')}")
+        raise AssertionError(
+            f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}"
+        )
     return proc
 
 
@@ -106,13 +113,22 @@ def hermetic_git(tmp_path_factory):
     """No user or system git config, no prompts: a wrong password fails, never blocks."""
     home = tmp_path_factory.mktemp("home")
     config = home / "gitconfig"
-    config.write_text("[user]\n\tname = Test\n\temail = test@example.com\n"
-                      "[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n"
-                      "[protocol]\n\tallow = always\n")
+    config.write_text(
+        "[user]\n\tname = Test\n\temail = test@example.com\n"
+        "[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n"
+        "[protocol]\n\tallow = always\n"
+    )
     saved = dict(os.environ)
-    os.environ.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(config),
-                      GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="", SSH_ASKPASS="",
-                      LC_ALL="C", GIT_PROTOCOL_FROM_USER="1")
+    os.environ.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(config),
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="",
+        SSH_ASKPASS="",
+        LC_ALL="C",
+        GIT_PROTOCOL_FROM_USER="1",
+    )
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_PROTOCOL", "GIT_CONFIG_PARAMETERS"):
         os.environ.pop(var, None)
     yield home
@@ -168,8 +184,11 @@ def log_watch(request):
     root.setLevel(old_level)
     if request.node.get_closest_marker("allow_errors"):
         return
-    bad = [r for r in watch.records
-           if r.exc_info or r.levelno >= logging.ERROR and not r.name.startswith("gittornado.access")]
+    bad = [
+        r
+        for r in watch.records
+        if r.exc_info or r.levelno >= logging.ERROR and not r.name.startswith("gittornado.access")
+    ]
     if bad:
         details = "\n".join(logging.Formatter("%(name)s %(levelname)s %(message)s").format(r) for r in bad)
         pytest.fail(f"unexpected error or traceback logged:\n{details}")
@@ -180,7 +199,7 @@ class ServerThread:
 
     def __init__(self, app, xheaders: bool = False) -> None:
         self.app = app
-        sock, = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+        (sock,) = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._xheaders = xheaders
@@ -199,6 +218,7 @@ class ServerThread:
             await self._stop.wait()
             server.stop()
             await server.close_all_connections()
+
         asyncio.run(main())
 
     @property
@@ -292,8 +312,9 @@ def acl_server(serve, tmp_path):
     ``.accessfile`` is the file's path, for another server under the same rules.
     """
     passwords = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
-    path = write_access_file(tmp_path / "acl.ini", passwords,
-                             "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n")
+    path = write_access_file(
+        tmp_path / "acl.ini", passwords, "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n"
+    )
     server = serve(accessfile=path)
     server.passwords = passwords
     server.accessfile = path

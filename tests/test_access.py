@@ -47,6 +47,7 @@ def errors(log_watch) -> list[logging.LogRecord]:
 
 # -- parsing ---------------------------------------------------------------------------------
 
+
 def test_colon_and_equals_separators():
     policy = parse_access_file(
         "[users]\n"
@@ -55,7 +56,7 @@ def test_colon_and_equals_separators():
         "[groups]\n"
         "devs: alice, bob\n"
         "[access]\n"
-        "alice: repo=r,repo2=rw\n"        # the original GitTornado example
+        "alice: repo=r,repo2=rw\n"  # the original GitTornado example
         "bob = docs = rw , app=r\n"
         "@devs: team/*=rw\n"
     )
@@ -71,42 +72,43 @@ def test_colon_and_equals_separators():
 
 def test_comments_and_blank_lines():
     policy = parse_access_file(
-        "; a comment\n# another\n\n[access]   ; trailing comment\n"
-        "  alice = app=rw   # why alice may push\n"
+        "; a comment\n# another\n\n[access]   ; trailing comment\n  alice = app=rw   # why alice may push\n"
     )
     assert policy.rights("alice", "app")[:2] == (True, True)
     assert policy.rules[0].line == 5
 
 
 def test_star_subject_includes_anonymous_and_everyone():
-    policy = parse_access_file(
-        f"[users]\nalice = {FAST.hash('a')}\n[access]\n* = public/*=r\n")
+    policy = parse_access_file(f"[users]\nalice = {FAST.hash('a')}\n[access]\n* = public/*=r\n")
     for user in (None, "alice", "nobody-in-the-file"):
         assert policy.rights(user, "public/lib")[:2] == (True, False)
         assert policy.rights(user, "app")[:2] == (False, False)
 
 
-@pytest.mark.parametrize("pattern, repo, matches", [
-    ("team/*", "team/app", True),
-    ("team/*", "team/a/b", False),          # '*' stays within one segment
-    ("team/*", "team", False),
-    ("team/**", "team/a/b", True),          # '**' crosses segments
-    ("team/**", "team/app", True),
-    ("*", "app", True),
-    ("*", "team/app", False),
-    ("**", "app", True),                    # '**' alone: every repository
-    ("**", "team/a/b/c", True),
-    ("*/app", "team/app", True),
-    ("*/app", "team/x/app", False),
-    ("**/app", "team/x/app", True),
-    ("a*p", "app", True),
-    ("a*p", "a/p", False),
-    ("app.git", "app", True),               # '.git' in a rule is ignored
-    ("team/*.git", "team/app", True),
-    ("app", "app2", False),                 # anchored at both ends
-    ("app", "x/app", False),
-    ("a.p", "axp", False),                  # '.' is literal, not a regex
-])
+@pytest.mark.parametrize(
+    "pattern, repo, matches",
+    [
+        ("team/*", "team/app", True),
+        ("team/*", "team/a/b", False),  # '*' stays within one segment
+        ("team/*", "team", False),
+        ("team/**", "team/a/b", True),  # '**' crosses segments
+        ("team/**", "team/app", True),
+        ("*", "app", True),
+        ("*", "team/app", False),
+        ("**", "app", True),  # '**' alone: every repository
+        ("**", "team/a/b/c", True),
+        ("*/app", "team/app", True),
+        ("*/app", "team/x/app", False),
+        ("**/app", "team/x/app", True),
+        ("a*p", "app", True),
+        ("a*p", "a/p", False),
+        ("app.git", "app", True),  # '.git' in a rule is ignored
+        ("team/*.git", "team/app", True),
+        ("app", "app2", False),  # anchored at both ends
+        ("app", "x/app", False),
+        ("a.p", "axp", False),  # '.' is literal, not a regex
+    ],
+)
 def test_globs(pattern, repo, matches):
     policy = parse_access_file(f"[access]\n* = {pattern}=r\n")
     assert policy.rights(None, repo)[0] is matches
@@ -133,30 +135,34 @@ def test_nested_groups():
     policy = parse_access_file(
         "[groups]\nadmins = root\ndevs = alice, @admins\nall = @devs, bob\n"
         "loop1 = x, @loop2\nloop2 = y, @loop1\n"
-        "[access]\n@all = app=r\n@loop1 = cyc=r\n")
+        "[access]\n@all = app=r\n@loop1 = cyc=r\n"
+    )
     assert policy.groups["all"] == {"root", "alice", "bob"}
     assert policy.rights("root", "app")[0]
     assert policy.rights("y", "cyc")[0]
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("[access]\nalice = app=rx\n", 2, "malformed rule"),
-    ("[access]\nalice = app\n", 2, "malformed rule"),
-    ("[access]\nalice = =rw\n", 2, "malformed rule"),
-    ("[access]\nalice = .git=rw\n", 2, "malformed rule"),
-    ("; ok\n[access]\n* = app=r\n[permissions]\n", 4, "unknown section"),
-    ("[users\n", 1, "section"),
-    ("alice = app=r\n[access]\n", 1, "outside any section"),
-    ("[users]\nalice = secret\n", 2, "not a recognised hash"),
-    ("[users]\n\nalice = password123\n", 3, "not a recognised hash"),
-    ("[users]\nalice =\n", 2, "not a recognised hash"),
-    (f"[users]\nalice = {SHA1_OF_PASSWORD}\nalice = {SHA1_OF_PASSWORD}\n", 3, "twice"),
-    ("[users]\nalice\n", 2, "key = value"),
-    ("[access]\n\n\n@nobody = app=r\n", 4, "unknown group"),
-    ("[groups]\ndevs = alice, @ghosts\n", 2, "unknown group"),
-    ("[groups]\ndevs = al ice\n", 2, "invalid member"),
-    ("[access]\n** = app=r\n", 2, "invalid subject"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("[access]\nalice = app=rx\n", 2, "malformed rule"),
+        ("[access]\nalice = app\n", 2, "malformed rule"),
+        ("[access]\nalice = =rw\n", 2, "malformed rule"),
+        ("[access]\nalice = .git=rw\n", 2, "malformed rule"),
+        ("; ok\n[access]\n* = app=r\n[permissions]\n", 4, "unknown section"),
+        ("[users\n", 1, "section"),
+        ("alice = app=r\n[access]\n", 1, "outside any section"),
+        ("[users]\nalice = secret\n", 2, "not a recognised hash"),
+        ("[users]\n\nalice = password123\n", 3, "not a recognised hash"),
+        ("[users]\nalice =\n", 2, "not a recognised hash"),
+        (f"[users]\nalice = {SHA1_OF_PASSWORD}\nalice = {SHA1_OF_PASSWORD}\n", 3, "twice"),
+        ("[users]\nalice\n", 2, "key = value"),
+        ("[access]\n\n\n@nobody = app=r\n", 4, "unknown group"),
+        ("[groups]\ndevs = alice, @ghosts\n", 2, "unknown group"),
+        ("[groups]\ndevs = al ice\n", 2, "invalid member"),
+        ("[access]\n** = app=r\n", 2, "invalid subject"),
+    ],
+)
 def test_broken_file_names_the_line(text, line, words):
     with pytest.raises(AccessFileError) as info:
         parse_access_file(text)
@@ -201,8 +207,11 @@ def test_every_hash_kind_verifies(kind, tmp_path, log_watch):
     assert not access.verify_password("alice", "s3cret:pW")
     assert not access.verify_password("alice", "")
     assert not access.verify_password("bob", "s3cret:pw")
-    warnings = [r.getMessage() for r in log_watch.records
-                if r.levelno == logging.WARNING and "gittornado-passwd" in r.getMessage()]
+    warnings = [
+        r.getMessage()
+        for r in log_watch.records
+        if r.levelno == logging.WARNING and "gittornado-passwd" in r.getMessage()
+    ]
     if kind in WEAK:
         assert len(warnings) == 1 and "'alice'" in warnings[0], warnings
         assert f"gittornado-passwd {path} alice" in warnings[0]
@@ -218,7 +227,7 @@ def test_legacy_sha1_of_password():
 def test_weakness_is_about_cost_not_difference():
     cheap = FAST.hash("x")
     assert hash_weakness(cheap.replace("$04$", "$10$")) is None
-    assert hash_weakness(cheap.replace("$04$", "$13$")) is None   # stronger is fine
+    assert hash_weakness(cheap.replace("$04$", "$13$")) is None  # stronger is fine
     assert "cost 4" in hash_weakness(FAST.hash("x"))
     assert hash_weakness(sha512_crypt.using(rounds=1000).hash("x")) is not None
     assert hash_weakness(sha512_crypt.using(rounds=5000).hash("x")) is None
@@ -245,15 +254,20 @@ def test_unknown_user_costs_the_same_as_a_known_one(tmp_path):
     checked against a hash of the common (bcrypt cost 10) kind.
     """
     cost10 = bcrypt.using(rounds=10)
-    path = write(tmp_path / "access.ini",
-                 f"[users]\nlegacy = {SHA1_OF_PASSWORD}\n"
-                 f"alice = {cost10.hash('alice-pw')}\nbob = {cost10.hash('bob-pw')}\n")
+    path = write(
+        tmp_path / "access.ini",
+        f"[users]\nlegacy = {SHA1_OF_PASSWORD}\n"
+        f"alice = {cost10.hash('alice-pw')}\nbob = {cost10.hash('bob-pw')}\n",
+    )
     access = AccessFile(path)
     # CPU time of this thread (bcrypt runs here), interleaved: a busy machine
     # slows wall time, not the work done, and drifts hit all three alike.
     samples: dict[str, list[float]] = {"known-wrong": [], "known-right": [], "unknown": []}
-    attempts = {"known-wrong": ("alice", "wrong"), "known-right": ("alice", "alice-pw"),
-                "unknown": ("mallory", "alice-pw")}
+    attempts = {
+        "known-wrong": ("alice", "wrong"),
+        "known-right": ("alice", "alice-pw"),
+        "unknown": ("mallory", "alice-pw"),
+    }
     access.verify_password("alice", "warm-up")
     for _ in range(3):
         for kind, (user, password) in attempts.items():
@@ -284,7 +298,7 @@ async def test_successful_logins_are_cached(tmp_path, monkeypatch):
     assert await access.check_password("alice", "pw")
     assert await access.authenticate(Credentials("alice", "pw")) == "alice"
     assert calls == ["alice"]
-    assert not await access.check_password("alice", "other")      # failures are never cached
+    assert not await access.check_password("alice", "other")  # failures are never cached
     assert not await access.check_password("alice", "other")
     assert calls == ["alice"] * 3
     # A new file (another password for alice) empties the cache.
@@ -314,8 +328,9 @@ async def test_wrong_password_raises_bad_credentials(tmp_path):
 
 async def test_check_is_authenticate_then_authorize(tmp_path):
     """``check`` (the 0.2 access protocol) still works for code that calls it directly."""
-    access = AccessFile(write(tmp_path / "a.ini",
-                              f"[users]\nalice = {FAST.hash('pw')}\n[access]\nalice = app=rw\n"))
+    access = AccessFile(
+        write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\n[access]\nalice = app=rw\n")
+    )
     grant = await access.check(AccessRequest("app", WRITE, Credentials("alice", "pw")))
     assert (grant.user, grant.write) == ("alice", True)
     grant = await access.check(AccessRequest("app", WRITE, user="alice", transport="ssh"))
@@ -333,6 +348,7 @@ async def test_two_argument_authenticate_still_answers_a_bool(tmp_path):
 
 
 # -- hot reload ------------------------------------------------------------------------------
+
 
 async def rights(access: AccessFile, user: str | None, repo: str) -> tuple[bool, bool]:
     grant = await access.authorize(AccessRequest(repo, READ, user=user))
@@ -353,7 +369,7 @@ async def test_default_interval_picks_up_edits_within_two_seconds(tmp_path):
     access = AccessFile(path)
     assert access.check_interval <= 2
     write(tmp_path / "a.ini", "[access]\nalice = app=rw\n")
-    access._next_check = time.monotonic()     # as if check_interval had passed
+    access._next_check = time.monotonic()  # as if check_interval had passed
     assert await rights(access, "alice", "app") == (True, True)
 
 
@@ -373,7 +389,7 @@ async def test_broken_edit_is_refused_and_last_good_policy_stays(tmp_path, log_w
     path = write(tmp_path / "a.ini", "[access]\nalice = app=rw\n")
     access = AccessFile(path, check_interval=0)
     write(tmp_path / "a.ini", "[access]\nalice = app=rw\nbob = docs=maybe\n")
-    for _ in range(3):   # checked again and again, refused (and logged) once
+    for _ in range(3):  # checked again and again, refused (and logged) once
         assert await rights(access, "alice", "app") == (True, True)
         assert await rights(access, "bob", "docs") == (False, False)
     logged = errors(log_watch)
@@ -418,6 +434,7 @@ def test_broken_file_at_start_is_an_error(tmp_path, log_watch):
 
 # -- the throttle ----------------------------------------------------------------------------
 
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -433,14 +450,14 @@ def test_throttle_blocks_after_ten_failures_in_a_minute():
         assert throttle.failure("10.0.0.1") is False
         clock.now += 5
         assert throttle.retry_after("10.0.0.1") is None
-    assert throttle.failure("10.0.0.1") is True            # the 10th starts the block
+    assert throttle.failure("10.0.0.1") is True  # the 10th starts the block
     assert throttle.retry_after("10.0.0.1") == 60
-    assert throttle.retry_after("10.0.0.2") is None        # other addresses unaffected
+    assert throttle.retry_after("10.0.0.2") is None  # other addresses unaffected
     clock.now += 59.5
     assert throttle.retry_after("10.0.0.1") == 1
     clock.now += 0.5
-    assert throttle.retry_after("10.0.0.1") is None        # unblocked after the block time
-    assert throttle.failure("10.0.0.1") is False           # and counting starts afresh
+    assert throttle.retry_after("10.0.0.1") is None  # unblocked after the block time
+    assert throttle.failure("10.0.0.1") is False  # and counting starts afresh
 
 
 def test_throttle_forgets_failures_outside_the_window():
@@ -455,8 +472,9 @@ def test_throttle_forgets_failures_outside_the_window():
 
 async def test_gate_throttles_wrong_passwords(tmp_path, gitbase, log_watch):
     clock = FakeClock()
-    access = AccessFile(write(tmp_path / "a.ini",
-                              f"[users]\nalice = {FAST.hash('pw')}\n[access]\nalice = app=rw\n"))
+    access = AccessFile(
+        write(tmp_path / "a.ini", f"[users]\nalice = {FAST.hash('pw')}\n[access]\nalice = app=rw\n")
+    )
     gate = Gate(access, RepositoryLookup(str(gitbase)), throttle=Throttle(clock=clock))
 
     def req(password: str, addr: str = "192.0.2.1") -> AccessRequest:
@@ -469,7 +487,7 @@ async def test_gate_throttles_wrong_passwords(tmp_path, gitbase, log_watch):
         except GitAccessError as exc:
             statuses.append(exc.status)
     assert statuses == [401] * 10 + [429]
-    with pytest.raises(TooManyRequests) as info:      # even the right password now
+    with pytest.raises(TooManyRequests) as info:  # even the right password now
         await gate.decide(req("pw"))
     assert info.value.retry_after == 60
     assert (await gate.decide(req("pw", addr="192.0.2.2"))).user == "alice"
@@ -508,11 +526,11 @@ REPOS = {"public": "public/lib", "private": "private", "missing": "nothere"}
 EXPECTED = {
     #                      public       private      missing
     #                      r    w       r    w       r    w
-    "anonymous":          (200, 401,    401, 401,    401, 401),
-    "alice":              (200, 200,    200, 200,    404, 404),
-    "alice-wrong-password": (401, 401,  401, 401,    401, 401),
-    "bob":                (200, 403,    200, 403,    404, 404),
-    "carol":              (200, 403,    404, 404,    404, 404),
+    "anonymous": (200, 401, 401, 401, 401, 401),
+    "alice": (200, 200, 200, 200, 404, 404),
+    "alice-wrong-password": (401, 401, 401, 401, 401, 401),
+    "bob": (200, 403, 200, 403, 404, 404),
+    "carol": (200, 403, 404, 404, 404, 404),
 }
 
 CASES = [
@@ -558,12 +576,12 @@ class CheckOnly:
 @pytest.fixture(params=["typed", "check-only"])
 def table_gate(request, table_file, readonly_base):
     access = AccessFile(table_file)
-    return Gate(access if request.param == "typed" else CheckOnly(access),
-                RepositoryLookup(str(readonly_base)))
+    return Gate(
+        access if request.param == "typed" else CheckOnly(access), RepositoryLookup(str(readonly_base))
+    )
 
 
-@pytest.mark.parametrize("user, repo, op, expected", CASES,
-                         ids=[f"{u}-{r}-{o}" for u, r, o, _ in CASES])
+@pytest.mark.parametrize("user, repo, op, expected", CASES, ids=[f"{u}-{r}-{o}" for u, r, o, _ in CASES])
 async def test_truth_table(table_gate, user, repo, op, expected):
     request = AccessRequest(REPOS[repo], op, USERS[user], remote_addr="127.0.0.1")
     assert await status_of(table_gate, request) == expected
@@ -581,10 +599,17 @@ async def test_anonymous_push_to_missing_readable_repo_asks_for_credentials(tabl
 
 
 @pytest.mark.parametrize("credentials", [None, Credentials("alice", "whatever")])
-@pytest.mark.parametrize("repo, op, expected", [
-    ("public/lib", READ, 200), ("private", READ, 200), ("nothere", READ, 404),
-    ("public/lib", WRITE, 403), ("private", WRITE, 403), ("nothere", WRITE, 403),
-])
+@pytest.mark.parametrize(
+    "repo, op, expected",
+    [
+        ("public/lib", READ, 200),
+        ("private", READ, 200),
+        ("nothere", READ, 404),
+        ("public/lib", WRITE, 403),
+        ("private", WRITE, 403),
+        ("nothere", WRITE, 403),
+    ],
+)
 async def test_no_access_file(readonly_base, credentials, repo, op, expected):
     """OpenAccess: everyone reads, nobody pushes, credentials are ignored (no 401 ever)."""
     gate = Gate(OpenAccess(), RepositoryLookup(str(readonly_base)))

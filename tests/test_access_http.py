@@ -56,8 +56,7 @@ jürgen = app=rw
 @pytest.fixture
 def accessfile(tmp_path):
     path = tmp_path / "access.ini"
-    path.write_text(ACCESS.format(**{u: FAST.hash(p) for u, p in PASSWORDS.items()}),
-                    encoding="utf-8")
+    path.write_text(ACCESS.format(**{u: FAST.hash(p) for u, p in PASSWORDS.items()}), encoding="utf-8")
     return str(path)
 
 
@@ -76,8 +75,7 @@ def url(server, repo: str, user: str | None = None, password: str | None = None)
 
 def helper_config(user: str, password: str) -> list[str]:
     """``-c credential.helper=...`` answering ``get`` with these credentials."""
-    script = (f"!f() {{ test \"$1\" = get || exit 0; echo username={user}; "
-              f"echo password={password}; }}; f")
+    script = f'!f() {{ test "$1" = get || exit 0; echo username={user}; echo password={password}; }}; f'
     return ["-c", "credential.helper=", "-c", f"credential.helper={script}"]
 
 
@@ -85,8 +83,14 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def request(server, path: str, *, auth: tuple[str, str] | None = None,
-            headers: dict | None = None, method: str = "GET") -> tuple[int, http.client.HTTPMessage, bytes]:
+def request(
+    server,
+    path: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    headers: dict | None = None,
+    method: str = "GET",
+) -> tuple[int, http.client.HTTPMessage, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         all_headers = dict(headers or {})
@@ -122,10 +126,11 @@ UNAUTHORIZED = ("could not read Username", "Authentication failed")
 
 # -- clone and push as each kind of user -----------------------------------------------------
 
+
 def test_anonymous_reads_public_only(server, tmp_path, gitbase):
     git("clone", "-q", url(server, "public/lib"), str(tmp_path / "lib"))
     assert rev(tmp_path / "lib", "HEAD") == rev(gitbase / "public/lib.git", "main")
-    for repo in ("app", "private", "missing"):   # 401 whether or not it exists
+    for repo in ("app", "private", "missing"):  # 401 whether or not it exists
         err = clone_fails(url(server, repo), tmp_path / repo)
         assert any(s in err for s in UNAUTHORIZED), err
         status, headers, _ = request(server, info_refs(repo))
@@ -177,13 +182,14 @@ def test_missing_repository(server, tmp_path):
 def test_private_repository_is_invisible(server, tmp_path):
     assert request(server, info_refs("private"))[0] == 401
     # To another user, a private repository looks exactly like a missing one.
-    as_carol = [request(server, info_refs(repo), auth=("carol", "carol-pw"))
-                for repo in ("private", "missing")]
+    as_carol = [
+        request(server, info_refs(repo), auth=("carol", "carol-pw")) for repo in ("private", "missing")
+    ]
     assert [s for s, _, _ in as_carol] == [404, 404]
     assert as_carol[0][2] == as_carol[1][2]
     err = clone_fails(url(server, "private", "carol"), tmp_path / "p")
     assert "not found" in err, err
-    git("ls-remote", url(server, "private", "bob"))       # bob may read it
+    git("ls-remote", url(server, "private", "bob"))  # bob may read it
 
 
 def test_reader_push_is_403(server, tmp_path, gitbase):
@@ -244,22 +250,29 @@ def test_dumb_http_obeys_the_same_rules(server):
 
 # -- live edits of the access file ----------------------------------------------------------
 
+
 @pytest.mark.allow_errors
 def test_edits_take_effect_without_a_restart(server, accessfile, log_watch):
     assert request(server, info_refs("private"), auth=("carol", "carol-pw"))[0] == 404
     with open(accessfile, "a", encoding="utf-8") as fh:
         fh.write("carol = private=r\n")
     edited = time.monotonic()
-    wait_for(lambda: request(server, info_refs("private"), auth=("carol", "carol-pw"))[0] == 200,
-             timeout=10, message="the edit to take effect")
-    assert time.monotonic() - edited < 3          # SPEC: within two seconds (plus slack)
+    wait_for(
+        lambda: request(server, info_refs("private"), auth=("carol", "carol-pw"))[0] == 200,
+        timeout=10,
+        message="the edit to take effect",
+    )
+    assert time.monotonic() - edited < 3  # SPEC: within two seconds (plus slack)
     # A broken edit is refused whole, logged once with its line; the last good file stays.
     good = open(accessfile, encoding="utf-8").read()
     with open(accessfile, "w", encoding="utf-8") as fh:
         fh.write(good.replace("bob = app=r, private=r", "bob = app=r, private=read"))
     errors = lambda: [r for r in log_watch.records if r.levelno >= logging.ERROR]  # noqa: E731
-    wait_for(lambda: request(server, info_refs("app"))[0] and errors(), timeout=10,
-             message="the broken edit to be refused")
+    wait_for(
+        lambda: request(server, info_refs("app"))[0] and errors(),
+        timeout=10,
+        message="the broken edit to be refused",
+    )
     for _ in range(3):
         assert request(server, info_refs("private"), auth=("carol", "carol-pw"))[0] == 200
         assert request(server, info_refs("private"), auth=("bob", "bob-pw"))[0] == 200
@@ -270,17 +283,21 @@ def test_edits_take_effect_without_a_restart(server, accessfile, log_watch):
 
 # -- broken Authorization headers ------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [
-    ("Bearer abc.def", 401),                                   # not Basic: ask for Basic
-    ("Digest username=alice", 401),
-    ("Basic", 400),
-    ("Basic !!!not-base64!!!", 400),
-    ("Basic " + base64.b64encode(b"alice-no-colon").decode(), 400),
-    ("Basic " + base64.b64encode(b":no-user").decode(), 400),
-    ("Basic " + base64.b64encode(b"\xff\xfe:\xc3(").decode(), 400),   # not UTF-8
-    ("Basic " + "A" * 10_000, 400),                            # 10 KB
-    ("Basic " + base64.b64encode(b"alice:" + b"x" * 7000).decode(), 400),
-])
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Bearer abc.def", 401),  # not Basic: ask for Basic
+        ("Digest username=alice", 401),
+        ("Basic", 400),
+        ("Basic !!!not-base64!!!", 400),
+        ("Basic " + base64.b64encode(b"alice-no-colon").decode(), 400),
+        ("Basic " + base64.b64encode(b":no-user").decode(), 400),
+        ("Basic " + base64.b64encode(b"\xff\xfe:\xc3(").decode(), 400),  # not UTF-8
+        ("Basic " + "A" * 10_000, 400),  # 10 KB
+        ("Basic " + base64.b64encode(b"alice:" + b"x" * 7000).decode(), 400),
+    ],
+)
 def test_malformed_authorization_header(server, value, expected):
     for path in (info_refs("app"), info_refs("public/lib"), "/app/HEAD", "/"):
         status, _, body = request(server, path, headers={"Authorization": value})
@@ -290,13 +307,17 @@ def test_malformed_authorization_header(server, value, expected):
 
 
 def test_malformed_authorization_on_rpc(server):
-    status, _, _ = request(server, "/app/git-upload-pack", method="POST",
-                           headers={"Authorization": "Basic %%%",
-                                    "Content-Type": "application/x-git-upload-pack-request"})
+    status, _, _ = request(
+        server,
+        "/app/git-upload-pack",
+        method="POST",
+        headers={"Authorization": "Basic %%%", "Content-Type": "application/x-git-upload-pack-request"},
+    )
     assert status == 400
 
 
 # -- brute-force throttle --------------------------------------------------------------------
+
 
 def test_throttle_end_to_end(serve, accessfile, log_watch):
     server = serve(xheaders=True, accessfile=accessfile)
@@ -311,8 +332,9 @@ def test_throttle_end_to_end(serve, accessfile, log_watch):
     status, headers, _ = request(server, info_refs("app"), auth=("alice", "alice-pw"))
     assert status == 429 and int(headers["Retry-After"]) <= retry_after
     # Another address (through a trusted proxy) is not affected.
-    status, _, _ = request(server, info_refs("app"), auth=("alice", "alice-pw"),
-                           headers={"X-Forwarded-For": "10.1.2.3"})
+    status, _, _ = request(
+        server, info_refs("app"), auth=("alice", "alice-pw"), headers={"X-Forwarded-For": "10.1.2.3"}
+    )
     assert status == 200
     # Anonymous reads carry no password: still served.
     assert request(server, info_refs("public/lib"))[0] == 200
@@ -327,14 +349,18 @@ def test_throttle_end_to_end(serve, accessfile, log_watch):
 def test_throttle_counts_x_forwarded_for_addresses_separately(serve, accessfile):
     server = serve(xheaders=True, accessfile=accessfile)
     for _ in range(10):
-        request(server, info_refs("app"), auth=("alice", "wrong"),
-                headers={"X-Forwarded-For": "10.9.9.9"})
-    assert request(server, info_refs("app"), auth=("alice", "alice-pw"),
-                   headers={"X-Forwarded-For": "10.9.9.9"})[0] == 429
+        request(server, info_refs("app"), auth=("alice", "wrong"), headers={"X-Forwarded-For": "10.9.9.9"})
+    assert (
+        request(
+            server, info_refs("app"), auth=("alice", "alice-pw"), headers={"X-Forwarded-For": "10.9.9.9"}
+        )[0]
+        == 429
+    )
     assert request(server, info_refs("app"), auth=("alice", "alice-pw"))[0] == 200
 
 
 # -- what hooks see, and the audit line ------------------------------------------------------
+
 
 def test_hooks_see_the_authenticated_user(server, tmp_path, gitbase):
     dump = tmp_path / "hook-env.txt"
@@ -354,10 +380,12 @@ def test_hooks_see_the_authenticated_user(server, tmp_path, gitbase):
     assert "alice-pw" not in dump.read_text()
 
 
-AUDIT = re.compile(r"user=(?P<user>\S+) addr=(?P<addr>\S+) repo=(?P<repo>\S+) "
-                   r"service=(?P<service>\S+) protocol=v(?P<protocol>\d) transport=\S+ "
-                   r"in=(?P<bytes_in>\d+) out=(?P<bytes_out>\d+) duration=(?P<duration>[\d.]+)s "
-                   r"exit=(?P<exit>-?\d+)")
+AUDIT = re.compile(
+    r"user=(?P<user>\S+) addr=(?P<addr>\S+) repo=(?P<repo>\S+) "
+    r"service=(?P<service>\S+) protocol=v(?P<protocol>\d) transport=\S+ "
+    r"in=(?P<bytes_in>\d+) out=(?P<bytes_out>\d+) duration=(?P<duration>[\d.]+)s "
+    r"exit=(?P<exit>-?\d+)"
+)
 
 
 def test_audit_line(server, tmp_path, log_watch):
@@ -368,24 +396,33 @@ def test_audit_line(server, tmp_path, log_watch):
     git("clone", "-q", url(server, "public/lib"), str(tmp_path / "lib"))
 
     def audit(service: str, repo: str) -> list[dict]:
-        return [m.groupdict() for r in list(log_watch.records) if r.name == "gittornado.audit"
-                for m in [AUDIT.search(r.getMessage())] if m
-                and m["service"] == service and m["repo"] == repo]
+        return [
+            m.groupdict()
+            for r in list(log_watch.records)
+            if r.name == "gittornado.audit"
+            for m in [AUDIT.search(r.getMessage())]
+            if m and m["service"] == service and m["repo"] == repo
+        ]
 
-    pushes = wait_for(lambda: [a for a in audit("git-receive-pack", "app") if a["bytes_in"] != "0"],
-                      message="the push's audit line")
+    pushes = wait_for(
+        lambda: [a for a in audit("git-receive-pack", "app") if a["bytes_in"] != "0"],
+        message="the push's audit line",
+    )
     push = pushes[-1]
     assert push["user"] == "alice" and push["addr"] == "127.0.0.1"
     assert push["exit"] == "0" and int(push["bytes_out"]) > 0
     assert float(push["duration"]) < 60
-    fetch = wait_for(lambda: [a for a in audit("git-upload-pack", "app") if a["bytes_in"] != "0"],
-                     message="the clone's audit line")[-1]
+    fetch = wait_for(
+        lambda: [a for a in audit("git-upload-pack", "app") if a["bytes_in"] != "0"],
+        message="the clone's audit line",
+    )[-1]
     assert fetch["user"] == "alice" and fetch["protocol"] == "2" and int(fetch["bytes_out"]) > 0
     anon = wait_for(lambda: audit("git-upload-pack", "public/lib"), message="anonymous audit")
     assert anon[-1]["user"] == "-"
 
 
 # -- the index page --------------------------------------------------------------------------
+
 
 def listed(body: bytes) -> list[str]:
     return re.findall(r"<tr><td>([^<]+)</td>", body.decode())
@@ -403,6 +440,7 @@ def test_index_lists_only_what_the_requester_may_read(server):
 
 
 # -- embedding: other access objects ---------------------------------------------------------
+
 
 @pytest.fixture
 def embedded():
@@ -438,10 +476,11 @@ def test_legacy_auth_and_gitlookup(embedded, gitbase, tmp_path):
     assert seen and all(p.startswith("/app/") for p in seen)
     before = refs(gitbase / "app.git")
     new = commit(work)
-    proc = git("push", "origin", "HEAD:main", cwd=work, check=False)   # anonymous: 401
+    proc = git("push", "origin", "HEAD:main", cwd=work, check=False)  # anonymous: 401
     assert proc.returncode != 0 and any(s.encode() in proc.stderr for s in UNAUTHORIZED)
-    proc = git("push", f"http://someone:else@127.0.0.1:{server.port}/app", "HEAD:main",
-               cwd=work, check=False)                                  # auth says read only
+    proc = git(
+        "push", f"http://someone:else@127.0.0.1:{server.port}/app", "HEAD:main", cwd=work, check=False
+    )  # auth says read only
     assert proc.returncode != 0 and b"error: 403" in proc.stderr, proc.stderr
     assert refs(gitbase / "app.git") == before
     git("push", "-q", f"http://admin:secret@127.0.0.1:{server.port}/app", "HEAD:main", cwd=work)

@@ -6,14 +6,21 @@ from gittornado import pktline
 from gittornado.answer import AnswerState, expect_from_request
 from gittornado.pktline import DELIM, FLUSH, encode, sideband
 
-V2_FETCH = (encode(b"acknowledgments\n") + encode(b"NAK\n") + DELIM + encode(b"packfile\n")
-            + sideband(2, b"Enumerating objects: 3\n") + sideband(1, b"PACK" + b"\0" * 200) + FLUSH)
+V2_FETCH = (
+    encode(b"acknowledgments\n")
+    + encode(b"NAK\n")
+    + DELIM
+    + encode(b"packfile\n")
+    + sideband(2, b"Enumerating objects: 3\n")
+    + sideband(1, b"PACK" + b"\0" * 200)
+    + FLUSH
+)
 
 
 def _fed(data: bytes, step: int) -> AnswerState:
     state = AnswerState()
     for i in range(0, len(data), step):
-        state.feed(data[i:i + step])
+        state.feed(data[i : i + step])
     return state
 
 
@@ -52,8 +59,7 @@ def test_a_cut_header_is_completed_to_a_valid_length(cut):
 
 def test_v0_fetch_with_side_band_switches_after_the_final_nak():
     state = AnswerState()
-    expect_from_request(state, "git-upload-pack", 0,
-                        b"want " + b"a" * 40 + b" side-band-64k ofs-delta\n")
+    expect_from_request(state, "git-upload-pack", 0, b"want " + b"a" * 40 + b" side-band-64k ofs-delta\n")
     state.feed(encode(b"ACK " + b"a" * 40 + b" common\n"))
     assert not state.sideband
     state.feed(encode(b"NAK\n"))
@@ -62,8 +68,12 @@ def test_v0_fetch_with_side_band_switches_after_the_final_nak():
 
 def test_push_report_with_side_band_is_multiplexed_from_the_start():
     state = AnswerState()
-    expect_from_request(state, "git-receive-pack", 0,
-                        b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/x\0report-status side-band-64k\n")
+    expect_from_request(
+        state,
+        "git-receive-pack",
+        0,
+        b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/x\0report-status side-band-64k\n",
+    )
     assert state.sideband
     plain = AnswerState()
     expect_from_request(plain, "git-receive-pack", 0, b"0" * 40 + b" " + b"1" * 40 + b" x\0report-status\n")
@@ -79,9 +89,9 @@ def test_wants_asks_for_headers_and_small_payloads_only():
     state.feed(b"fff0")
     assert state.wants == 1  # of a large one, only the band byte
     state.feed(b"\x01")
-    assert state.wants == 0 and state.remaining == 0xfff0 - 5
+    assert state.wants == 0 and state.remaining == 0xFFF0 - 5
     state.skipped(100)
-    assert state.remaining == 0xfff0 - 105
+    assert state.remaining == 0xFFF0 - 105
 
 
 def test_bytes_that_went_by_unseen_allow_no_in_band_error():

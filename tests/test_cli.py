@@ -9,14 +9,18 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import git, rev, wait_for
 
 
 def start(args, cwd, module=False):
     cmd = [sys.executable, "-m", "gittornado"] if module else ["gittornado"]
-    proc = subprocess.Popen(cmd + ["--address", "127.0.0.1", "--port", "0", *args], cwd=cwd,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd + ["--address", "127.0.0.1", "--port", "0", *args],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     lines = []
 
     def port():
@@ -44,8 +48,9 @@ def test_serves_current_directory_read_only(gitbase, tmp_path, module):
     try:
         git("clone", "-q", f"http://127.0.0.1:{port}/app", str(tmp_path / "c"))
         assert rev(tmp_path / "c", "HEAD") == rev(gitbase / "app.git", "main")
-        pushed = git("push", f"http://127.0.0.1:{port}/app", "HEAD:refs/heads/x", cwd=tmp_path / "c",
-                     check=False)
+        pushed = git(
+            "push", f"http://127.0.0.1:{port}/app", "HEAD:refs/heads/x", cwd=tmp_path / "c", check=False
+        )
         assert pushed.returncode != 0 and b"error: 403" in pushed.stderr
     finally:
         assert stop(proc) == 0
@@ -69,8 +74,12 @@ def test_sigint_exits_cleanly(gitbase):
 
 
 def test_bad_options_are_clear_errors(tmp_path):
-    proc = subprocess.run(["gittornado", "--gitbase", str(tmp_path / "nope"), "--port", "0"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["gittornado", "--gitbase", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "not a directory" in proc.stderr
     proc = subprocess.run(["gittornado", "--port", "x"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
@@ -79,10 +88,12 @@ def test_bad_options_are_clear_errors(tmp_path):
 def test_processes_forks_workers(gitbase, tmp_path):
     proc, port = start(["--processes", "2"], cwd=gitbase)
     try:
-        for i in range(4):
+        for _ in range(4):
             git("ls-remote", f"http://127.0.0.1:{port}/app")
-        children = wait_for(lambda: [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid],
-                            message="worker processes")
+        children = wait_for(
+            lambda: [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid],
+            message="worker processes",
+        )
         assert len(children) >= 2
     finally:
         assert stop(proc) == 0
@@ -108,8 +119,8 @@ def test_server_py_example_serves(gitbase, tmp_path):
     spec.loader.exec_module(module)
     server = ServerThread(module.make_app(str(gitbase)))
     try:
-        git("ls-remote", f"{server.url}/app")                # the access-object routes
-        git("ls-remote", f"{server.url}/legacy/app")         # the legacy config dict
+        git("ls-remote", f"{server.url}/app")  # the access-object routes
+        git("ls-remote", f"{server.url}/legacy/app")  # the legacy config dict
         with urllib.request.urlopen(f"{server.url}/status") as resp:
             assert resp.read() == b'{"status": "ok"}'
         with urllib.request.urlopen(f"{server.url}/anything") as resp:
@@ -127,14 +138,46 @@ def test_server_py_example_serves(gitbase, tmp_path):
 def test_https_with_certfile(gitbase, tmp_path):
     """--certfile/--keyfile serve HTTPS (fetch answers then go through pipes, not the socket)."""
     import shutil
+
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    proc = subprocess.Popen(["gittornado", "--address", "127.0.0.1", "--port", "0", "--certfile", str(cert),
-                             "--keyfile", str(key)], cwd=gitbase, stderr=subprocess.PIPE, text=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        [
+            "gittornado",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--certfile",
+            str(cert),
+            "--keyfile",
+            str(key),
+        ],
+        cwd=gitbase,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def port():
         line = proc.stderr.readline()
@@ -157,14 +200,17 @@ def test_login_throttle_options(gitbase, tmp_path):
 
     access = tmp_path / "access.ini"
     access.write_text(f"[users]\nalice = {bcrypt.using(rounds=4).hash('pw')}\n[access]\nalice = **=rw\n")
-    proc, port = start(["--accessfile", str(access), "--login-failures", "2", "--login-block", "30"],
-                       cwd=gitbase)
+    proc, port = start(
+        ["--accessfile", str(access), "--login-failures", "2", "--login-block", "30"], cwd=gitbase
+    )
     try:
+
         def status(password):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             token = base64.b64encode(f"alice:{password}".encode()).decode()
-            conn.request("GET", "/app/info/refs?service=git-upload-pack",
-                         headers={"Authorization": f"Basic {token}"})
+            conn.request(
+                "GET", "/app/info/refs?service=git-upload-pack", headers={"Authorization": f"Basic {token}"}
+            )
             resp = conn.getresponse()
             resp.read()
             conn.close()

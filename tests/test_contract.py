@@ -517,13 +517,13 @@ class TestSSH(ContractTests):
         from conftest import write_access_file
 
         self.gitbase, self.tmp, self.sshd = gitbase, tmp_path, sshd
-        acl = write_access_file(tmp_path / "acl.ini", {},
-                                "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n")
+        acl = write_access_file(
+            tmp_path / "acl.ini", {}, "alice = **=rw\nbob = app=r, private=r\n* = public/*=r\n"
+        )
         everyone = write_access_file(tmp_path / "open.ini", {}, "* = **=rw\n")
         base = ["--gitbase", str(gitbase), "--log-file", str(tmp_path / "shell.log")]
         self.keys = {(OPEN, "anybody"): "open", (DEFAULT, "anybody"): "default"}
-        commands = {"open": [*base, "--accessfile", everyone, "anybody"],
-                    "default": [*base, "anybody"]}
+        commands = {"open": [*base, "--accessfile", everyone, "anybody"], "default": [*base, "anybody"]}
         for user in ("alice", "bob", "carol"):
             self.keys[(ACL, user)] = f"acl-{user}"
             commands[f"acl-{user}"] = [*base, "--accessfile", acl, user]
@@ -547,11 +547,13 @@ class TestSSH(ContractTests):
         import subprocess
         import threading
 
-        commands = pktline.encode(f"{old} {'1' * 40} refs/heads/main\0report-status\n".encode()) \
-            + pktline.FLUSH
+        commands = (
+            pktline.encode(f"{old} {'1' * 40} refs/heads/main\0report-status\n".encode()) + pktline.FLUSH
+        )
         argv = self.sshd.ssh_argv("open") + [f"{self.sshd.user}@127.0.0.1", f"git-receive-pack '/{repo}.git'"]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
         def send() -> None:
             try:

@@ -55,6 +55,7 @@ def rw_server(serve):
 
 # -- the advertisement ----------------------------------------------------------------------
 
+
 def test_v0_advertisement_has_service_preamble_and_no_cache(server):
     status, headers, body = request(server, "GET", "/app/info/refs?service=git-upload-pack")
     assert status == 200
@@ -66,29 +67,37 @@ def test_v0_advertisement_has_service_preamble_and_no_cache(server):
 
 
 def test_v2_advertisement_has_no_preamble(server):
-    status, _, body = request(server, "GET", "/app.git/info/refs?service=git-upload-pack",
-                              headers={"Git-Protocol": "version=2"})
+    status, _, body = request(
+        server, "GET", "/app.git/info/refs?service=git-upload-pack", headers={"Git-Protocol": "version=2"}
+    )
     assert status == 200
     assert body.startswith(b"000eversion 2\n")
     assert b"ls-refs" in body and b"fetch=" in body
 
 
 def test_unknown_protocol_version_falls_back_to_v0(server):
-    status, _, body = request(server, "GET", "/app/info/refs?service=git-upload-pack",
-                              headers={"Git-Protocol": "version=9"})
+    status, _, body = request(
+        server, "GET", "/app/info/refs?service=git-upload-pack", headers={"Git-Protocol": "version=9"}
+    )
     assert status == 200 and body.startswith(b"001e# service=git-upload-pack\n")
 
 
 @pytest.mark.parametrize("value", ["version=2;id", "version==2", "version=2 x", "a:"])
 def test_malformed_git_protocol_is_400(server, value):
-    status, _, body = request(server, "GET", "/app/info/refs?service=git-upload-pack",
-                              headers={"Git-Protocol": value})
+    status, _, body = request(
+        server, "GET", "/app/info/refs?service=git-upload-pack", headers={"Git-Protocol": value}
+    )
     assert status == 400 and b"Git-Protocol" in body
 
 
-@pytest.mark.parametrize("path", ["/app/info/refs?service=git-shell",
-                                  "/app/info/refs?service=git-upload-archive",
-                                  "/app/info/refs?service="])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/app/info/refs?service=git-shell",
+        "/app/info/refs?service=git-upload-archive",
+        "/app/info/refs?service=",
+    ],
+)
 def test_unknown_service_is_400(server, path):
     assert request(server, "GET", path)[0] == 400
 
@@ -110,20 +119,34 @@ def test_git_failing_before_output_reaches_client_as_err_line(server, gitbase):
 
 # -- the RPC ---------------------------------------------------------------------------------
 
+
 def test_get_on_rpc_url_is_405(server):
     status, headers, _ = request(server, "GET", "/app/git-upload-pack")
     assert status == 405 and headers["Allow"] == "POST"
 
 
 def test_wrong_content_type_is_400(server):
-    status, _, body = request(server, "POST", "/app/git-upload-pack", body=LS_REFS_V2,
-                              headers={"Content-Type": "text/plain", "Git-Protocol": "version=2"})
+    status, _, body = request(
+        server,
+        "POST",
+        "/app/git-upload-pack",
+        body=LS_REFS_V2,
+        headers={"Content-Type": "text/plain", "Git-Protocol": "version=2"},
+    )
     assert status == 400 and UPLOAD_REQ.encode() in body
 
 
 def test_unknown_rpc_service_is_400(server):
-    assert request(server, "POST", "/app/git-frobnicate", body=b"0000",
-                   headers={"Content-Type": "application/x-git-frobnicate-request"})[0] == 400
+    assert (
+        request(
+            server,
+            "POST",
+            "/app/git-frobnicate",
+            body=b"0000",
+            headers={"Content-Type": "application/x-git-frobnicate-request"},
+        )[0]
+        == 400
+    )
 
 
 def _ls_refs(server, body, extra=None, chunks=None):
@@ -147,8 +170,9 @@ def test_gzip_request_body(server, encoding):
 
 def test_chunked_request_body_in_tiny_chunks(server):
     data = gzip.compress(LS_REFS_V2)
-    status, _, body = _ls_refs(server, None, {"Content-Encoding": "gzip"},
-                               chunks=[data[i:i + 3] for i in range(0, len(data), 3)])
+    status, _, body = _ls_refs(
+        server, None, {"Content-Encoding": "gzip"}, chunks=[data[i : i + 3] for i in range(0, len(data), 3)]
+    )
     assert status == 200 and b"refs/heads/main" in body
 
 
@@ -183,12 +207,17 @@ def test_malformed_pkt_lines_are_400(server, body):
 
 def test_push_probe_is_answered(rw_server, server):
     """git POSTs a 4-byte flush before a large chunked push (to meet a 401 early)."""
-    status, headers, body = request(rw_server, "POST", "/app/git-receive-pack", body=b"0000",
-                                    headers={"Content-Type": RECEIVE_REQ})
+    status, headers, body = request(
+        rw_server, "POST", "/app/git-receive-pack", body=b"0000", headers={"Content-Type": RECEIVE_REQ}
+    )
     assert status == 200 and body == b""
     assert headers["Content-Type"] == "application/x-git-receive-pack-result"
-    assert request(server, "POST", "/app/git-receive-pack", body=b"0000",
-                   headers={"Content-Type": RECEIVE_REQ})[0] == 403
+    assert (
+        request(server, "POST", "/app/git-receive-pack", body=b"0000", headers={"Content-Type": RECEIVE_REQ})[
+            0
+        ]
+        == 403
+    )
 
 
 def test_large_chunked_push_with_real_git(rw_server, tmp_path, gitbase):
@@ -198,26 +227,37 @@ def test_large_chunked_push_with_real_git(rw_server, tmp_path, gitbase):
     (work / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     git("add", "big.bin", cwd=work)
     git("commit", "-qm", "big", cwd=work)
-    proc = git("-c", "http.postBuffer=65536", "push", f"{rw_server.url}/app", "main", cwd=work,
-               env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"})
+    proc = git(
+        "-c",
+        "http.postBuffer=65536",
+        "push",
+        f"{rw_server.url}/app",
+        "main",
+        cwd=work,
+        env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"},
+    )
     assert b"Transfer-Encoding: chunked" in proc.stderr
     assert rev(gitbase / "app.git", "main") == rev(work, "HEAD")
 
 
 # -- paths -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    "/%2e%2e/repos/app/info/refs?service=git-upload-pack",
-    "/../app/info/refs?service=git-upload-pack",
-    "/team/..%2fapp/info/refs?service=git-upload-pack",
-    "/team%2fapp/info/refs?service=git-upload-pack",
-    "/team/%2e%2e/app/info/refs?service=git-upload-pack",
-    "/app%00/info/refs?service=git-upload-pack",
-    "/app%5c/info/refs?service=git-upload-pack",
-    "/-app/info/refs?service=git-upload-pack",
-    "/team/%2e%2e/%2e%2e/HEAD",
-    "/nope/info/refs?service=git-upload-pack",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/%2e%2e/repos/app/info/refs?service=git-upload-pack",
+        "/../app/info/refs?service=git-upload-pack",
+        "/team/..%2fapp/info/refs?service=git-upload-pack",
+        "/team%2fapp/info/refs?service=git-upload-pack",
+        "/team/%2e%2e/app/info/refs?service=git-upload-pack",
+        "/app%00/info/refs?service=git-upload-pack",
+        "/app%5c/info/refs?service=git-upload-pack",
+        "/-app/info/refs?service=git-upload-pack",
+        "/team/%2e%2e/%2e%2e/HEAD",
+        "/nope/info/refs?service=git-upload-pack",
+    ],
+)
 def test_escapes_and_missing_are_404(server, path):
     assert request(server, "GET", path)[0] == 404
 
@@ -234,6 +274,7 @@ def test_non_utf8_path_is_400(server):
 
 
 # -- dumb HTTP ----------------------------------------------------------------------------------
+
 
 def test_dumb_info_refs_generated_without_update_server_info(server, gitbase):
     repo = gitbase / "app.git"
@@ -273,8 +314,14 @@ def test_dumb_loose_object(server, gitbase, tmp_path):
     git("clone", "-q", str(gitbase / "app.git"), str(work))
     git("commit", "-q", "--allow-empty", "-m", "loose", cwd=work)
     git("push", "-q", "origin", "main", "--no-thin", cwd=work)
-    git("unpack-objects", "-q", cwd=gitbase / "app.git", input=git(
-        "pack-objects", "--stdout", "-q", cwd=work, input=rev(work, "HEAD").encode() + b"\n").stdout)
+    git(
+        "unpack-objects",
+        "-q",
+        cwd=gitbase / "app.git",
+        input=git(
+            "pack-objects", "--stdout", "-q", cwd=work, input=rev(work, "HEAD").encode() + b"\n"
+        ).stdout,
+    )
     oid = rev(work, "HEAD")
     path = f"/app/objects/{oid[:2]}/{oid[2:]}"
     status, headers, body = request(server, "GET", path)
@@ -284,15 +331,25 @@ def test_dumb_loose_object(server, gitbase, tmp_path):
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
 
-@pytest.mark.parametrize("path", ["/app/config", "/app/description", "/app/hooks/pre-receive.sample",
-                                  "/app/objects/info/../../config", "/app/info/exclude",
-                                  "/app/objects/pack/pack-zz.pack", "/app/packed-refs",
-                                  "/app/objects/info/nothing"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/app/config",
+        "/app/description",
+        "/app/hooks/pre-receive.sample",
+        "/app/objects/info/../../config",
+        "/app/info/exclude",
+        "/app/objects/pack/pack-zz.pack",
+        "/app/packed-refs",
+        "/app/objects/info/nothing",
+    ],
+)
 def test_dumb_serves_nothing_else(server, path):
     assert request(server, "GET", path)[0] == 404
 
 
 # -- fallback -----------------------------------------------------------------------------------
+
 
 def test_index_page_lists_repositories_with_clone_urls(server):
     status, headers, body = request(server, "GET", "/")
@@ -325,8 +382,17 @@ def test_push_beyond_tornados_100_mb_default_with_content_length(rw_server, tmp_
     fast = ["-c", "core.compression=0", "-c", "pack.compression=0"]
     git(*fast, "add", "huge.bin", cwd=work)
     git(*fast, "commit", "-qm", "huge", cwd=work)
-    proc = git(*fast, "-c", "http.postBuffer=209715200", "push", f"{rw_server.url}/app", "main", cwd=work,
-               env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"}, timeout=300)
+    proc = git(
+        *fast,
+        "-c",
+        "http.postBuffer=209715200",
+        "push",
+        f"{rw_server.url}/app",
+        "main",
+        cwd=work,
+        env={"GIT_TRACE_CURL": "1", "GIT_TRACE_CURL_NO_DATA": "1"},
+        timeout=300,
+    )
     lengths = [int(x) for x in re.findall(rb"Content-Length: (\d+)", proc.stderr)]
     assert max(lengths) > 100 * 1024 * 1024
     assert rev(gitbase / "app.git", "main") == rev(work, "HEAD")
@@ -343,6 +409,7 @@ def test_dumb_symlinked_file_out_of_the_repository_is_404(server, gitbase, tmp_p
 
 # -- fetch answers spliced from git's pipe into the socket ------------------------------------
 
+
 def _big_repo(gitbase, tmp_path, mib=8):
     work = tmp_path / "big"
     git("clone", "-q", str(gitbase / "app.git"), str(work))
@@ -354,8 +421,14 @@ def _big_repo(gitbase, tmp_path, mib=8):
 
 
 def _fetch_request(oid):
-    return (pktline.encode(b"command=fetch\n") + pktline.DELIM + pktline.encode(b"no-progress\n")
-            + pktline.encode(f"want {oid}\n".encode()) + pktline.encode(b"done\n") + pktline.FLUSH)
+    return (
+        pktline.encode(b"command=fetch\n")
+        + pktline.DELIM
+        + pktline.encode(b"no-progress\n")
+        + pktline.encode(f"want {oid}\n".encode())
+        + pktline.encode(b"done\n")
+        + pktline.FLUSH
+    )
 
 
 @pytest.mark.parametrize("direct", [True, False])
@@ -387,10 +460,14 @@ def test_client_vanishing_mid_clone_leaves_no_git_behind(serve, gitbase, tmp_pat
     oid = _big_repo(gitbase, tmp_path, mib=24)
     body = _fetch_request(oid)
     import socket as socketlib
+
     with socketlib.create_connection(("127.0.0.1", server.port)) as sock:
         sock.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096)
-        sock.sendall(f"POST /app/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {UPLOAD_REQ}\r\n"
-                     f"Git-Protocol: version=2\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"POST /app/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {UPLOAD_REQ}\r\n"
+            f"Git-Protocol: version=2\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         # git is now blocked on a client that stopped reading
         wait_for(lambda: git_processes(str(gitbase / "app.git")), message="upload-pack running")
@@ -424,9 +501,12 @@ def test_stalled_push_body_is_dropped_and_changes_nothing(serve, gitbase, log_wa
     old = rev(upstream, "main")
     commands = pktline.encode(f"{old} {'1' * 40} refs/heads/main\0report-status\n".encode()) + pktline.FLUSH
     import socket as socketlib
+
     with socketlib.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(f"POST /app/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {RECEIVE_REQ}\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /app/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {RECEIVE_REQ}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
         body = commands + _partial_pack()
         sock.sendall(b"%x\r\n%s\r\n" % (len(body), body))
         sock.settimeout(20)
@@ -449,6 +529,8 @@ def test_push_over_the_size_cap_is_413_and_leaves_nothing(serve, gitbase, tmp_pa
     proc = git("-c", "http.postBuffer=65536", "push", f"{server.url}/app", "main", cwd=work, check=False)
     assert proc.returncode != 0  # curl often sees a reset before it reads the 413
     wait_for(lambda: not git_processes(str(upstream)), message="receive-pack to exit")
-    wait_for(lambda: not [d for d in os.listdir(upstream / "objects") if "incoming-" in d],
-             message="quarantine to be removed")
+    wait_for(
+        lambda: not [d for d in os.listdir(upstream / "objects") if "incoming-" in d],
+        message="quarantine to be removed",
+    )
     assert refs(upstream) == before

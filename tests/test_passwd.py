@@ -26,14 +26,22 @@ def script(name: str) -> str:
 def passwd(path, user: str, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
     stdin = None if password is None else (password + "\n").encode("utf-8")
     extra = ["--password-stdin"] if password is not None else []
-    return subprocess.run([script("gittornado-passwd"), str(path), user, *extra, *args],
-                          input=stdin, capture_output=True, timeout=60,
-                          stdin=subprocess.DEVNULL if stdin is None else None)
+    return subprocess.run(
+        [script("gittornado-passwd"), str(path), user, *extra, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+    )
 
 
 def check_access(path, user: str, repo: str) -> subprocess.CompletedProcess:
-    return subprocess.run([script("gittornado"), "check-access", str(path), user, repo],
-                          capture_output=True, timeout=60, text=True)
+    return subprocess.run(
+        [script("gittornado"), "check-access", str(path), user, repo],
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
 
 
 CHEAP = bcrypt.using(rounds=4)
@@ -51,7 +59,7 @@ ORIGINAL = (
     "[access]\n"
     "# nothing below changes\n"
     "@devs = team/**=rw\n"
-    "* = public/*=r"                       # no final newline
+    "* = public/*=r"  # no final newline
 )
 
 
@@ -67,6 +75,7 @@ def hash_of(text: str, user: str) -> str:
 
 # -- gittornado-passwd -----------------------------------------------------------------------
 
+
 def test_new_file_gets_a_bcrypt_hash(tmp_path):
     path = tmp_path / "access.ini"
     proc = passwd(path, "alice", password="correct horse")
@@ -76,7 +85,7 @@ def test_new_file_gets_a_bcrypt_hash(tmp_path):
     assert hashed.startswith("$2b$12$")
     assert PASSWORD_CONTEXT.verify("correct horse", hashed)
     assert "correct horse" not in text
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600      # a new file is private
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # a new file is private
 
 
 def test_argon2_scheme(tmp_path):
@@ -115,7 +124,7 @@ def test_add_user_to_existing_section(tmp_path):
     assert passwd(path, "carol", password="c").returncode == 0
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
-    assert lines[5].startswith("carol = $2b$")         # right after bob, before the blank
+    assert lines[5].startswith("carol = $2b$")  # right after bob, before the blank
     assert "".join(lines[:5] + lines[6:]) == ORIGINAL
     assert set(parse_access_file(text).users) == {"alice", "bob", "carol"}
 
@@ -140,8 +149,7 @@ def test_delete(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = path.read_text(encoding="utf-8")
     assert set(parse_access_file(text).users) == {"alice"}
-    expected = "".join(line for line in ORIGINAL.splitlines(keepends=True)
-                       if not line.startswith("bob ="))
+    expected = "".join(line for line in ORIGINAL.splitlines(keepends=True) if not line.startswith("bob ="))
     assert text == expected
     # Deleting someone who is not there changes nothing.
     proc = passwd(path, "bob", "--delete")
@@ -178,7 +186,7 @@ def test_atomic_replace_keeps_mode_and_leaves_no_temp_file(tmp_path):
     inode = os.stat(path).st_ino
     assert passwd(path, "alice", password="pw").returncode == 0
     st = os.stat(path)
-    assert st.st_ino != inode                                # replaced by rename, not rewritten
+    assert st.st_ino != inode  # replaced by rename, not rewritten
     assert stat.S_IMODE(st.st_mode) == 0o640
     assert os.listdir(tmp_path) == ["access.ini"]
 
@@ -238,8 +246,10 @@ def test_update_users_section_is_pure_and_exact():
     assert update_users_section("; only a comment", "a", "H") == "; only a comment\n\n[users]\na = H\n"
     # A user name inside a comment or another section is not the user's line.
     tricky = "[users]\n; alice = old\n[access]\nalice = app=r\n"
-    assert update_users_section(tricky, "alice", "H") == \
-        "[users]\nalice = H\n; alice = old\n[access]\nalice = app=r\n"
+    assert (
+        update_users_section(tricky, "alice", "H")
+        == "[users]\nalice = H\n; alice = old\n[access]\nalice = app=r\n"
+    )
     with pytest.raises(KeyError):
         update_users_section(text, "bob", None)
 
@@ -248,7 +258,7 @@ def test_update_users_section_is_pure_and_exact():
 
 CHECK_FILE = f"""\
 [users]
-alice = {CHEAP.hash('a')}
+alice = {CHEAP.hash("a")}
 [groups]
 devs = alice
 [access]
@@ -274,8 +284,10 @@ def test_check_access_anonymous_and_denied(tmp_path):
     path.write_text(CHECK_FILE)
     proc = check_access(path, "-", "public/lib")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[:2] == ["anonymous on public/lib: read only",
-                                            "  granted by line 8: * = public/*=r"]
+    assert proc.stdout.splitlines()[:2] == [
+        "anonymous on public/lib: read only",
+        "  granted by line 8: * = public/*=r",
+    ]
     proc = check_access(path, "-", "app")
     assert proc.returncode == 3
     assert proc.stdout.splitlines() == ["anonymous on app: no access", "  no rule grants access"]

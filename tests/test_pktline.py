@@ -30,8 +30,12 @@ EXPECTED = [b"a\n", FLUSH, b"done\n", DELIM, b"", RESPONSE_END]
 
 
 def _kinds(packets):
-    return [("special", p) if p in (FLUSH, DELIM, RESPONSE_END) and not isinstance(p, pktline.Data)
-            else ("data", bytes(p)) for p in packets]
+    return [
+        ("special", p)
+        if p in (FLUSH, DELIM, RESPONSE_END) and not isinstance(p, pktline.Data)
+        else ("data", bytes(p))
+        for p in packets
+    ]
 
 
 def test_parser_whole_stream_keeps_flush_delim_and_response_end_apart():
@@ -46,7 +50,7 @@ def test_parser_byte_at_a_time():
     parser = Parser()
     got = []
     for i in range(len(STREAM)):
-        got += parser.feed(STREAM[i:i + 1])
+        got += parser.feed(STREAM[i : i + 1])
     assert _kinds(got) == _kinds(EXPECTED)
     assert parser.pending == 0
 
@@ -87,7 +91,7 @@ def test_scanner_counts_the_same_however_the_body_is_cut(step):
     body = WANT + pktline.encode(b"have " + b"b" * 40 + b"\n") * 3 + FLUSH + STREAM
     scanner = pktline.Scanner()
     for i in range(0, len(body), step):
-        scanner.feed(body[i:i + step])
+        scanner.feed(body[i : i + step])
     assert scanner.packets == 5 + len(EXPECTED)
     assert scanner.pending == 0
     assert scanner.first == WANT[4:]

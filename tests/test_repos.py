@@ -29,24 +29,54 @@ from gittornado.services import READ
 from gittornado.session import Gate
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("app", "app"), ("app.git", "app"), ("/app.git/", "app"), ("team/app.git", "team/app"),
-    ("a/b/c", "a/b/c"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("app", "app"),
+        ("app.git", "app"),
+        ("/app.git/", "app"),
+        ("team/app.git", "team/app"),
+        ("a/b/c", "a/b/c"),
+    ],
+)
 def test_normalize_name(name, expected):
     assert normalize_name(name) == expected
 
 
-@pytest.mark.parametrize("name", [
-    "", "/", "..", "../app", "team/../app", "./app", "a//b", "app\x00", "a\\b", ".git", "-app",
-    "team/-x", "..git/..", "x/.git/..",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/",
+        "..",
+        "../app",
+        "team/../app",
+        "./app",
+        "a//b",
+        "app\x00",
+        "a\\b",
+        ".git",
+        "-app",
+        "team/-x",
+        "..git/..",
+        "x/.git/..",
+    ],
+)
 def test_normalize_name_refuses(name):
     assert normalize_name(name) is None
 
 
-@pytest.mark.parametrize("raw,bad", [("/team%2fapp/info/refs", True), ("/a%2F", True), ("/a%5cb", True),
-                                     ("/a%00", True), ("/a%2e%2e/b", False), ("/team/app", False)])
+@pytest.mark.parametrize(
+    "raw,bad",
+    [
+        ("/team%2fapp/info/refs", True),
+        ("/a%2F", True),
+        ("/a%5cb", True),
+        ("/a%00", True),
+        ("/a%2e%2e/b", False),
+        ("/team/app", False),
+    ],
+)
 def test_encoded_separator(raw, bad):
     assert has_encoded_separator(raw) is bad
 
@@ -98,6 +128,7 @@ def test_dotdot_never_reaches_a_sibling(tmp_path, gitbase, fixture_repo):
 
 # -- links that lead out of the root (finding 4) ---------------------------------------------------
 
+
 def _outside_repo(tmp_path, fixture_repo):
     outside = tmp_path / "outside" / "secret.git"
     git("clone", "-q", "--bare", str(fixture_repo), str(outside))
@@ -113,10 +144,10 @@ def _borrowing(gitbase, name: str) -> "os.PathLike":
     return repo
 
 
-@pytest.mark.parametrize("what", ["objects", "refs", "both", "pack", "pack-file", "alternates",
-                                  "commondir", "HEAD"])
-def test_repository_reading_outside_the_root_is_not_found(tmp_path, gitbase, fixture_repo, what,
-                                                          log_watch):
+@pytest.mark.parametrize(
+    "what", ["objects", "refs", "both", "pack", "pack-file", "alternates", "commondir", "HEAD"]
+)
+def test_repository_reading_outside_the_root_is_not_found(tmp_path, gitbase, fixture_repo, what, log_watch):
     """Symlinks (or alternates, commondir) that make a repository in the root read one outside.
 
     Before: served (git http-backend does the same). Now: as missing as no
@@ -125,7 +156,7 @@ def test_repository_reading_outside_the_root_is_not_found(tmp_path, gitbase, fix
     outside = _outside_repo(tmp_path, fixture_repo)
     if what in ("objects", "refs", "both"):
         repo = _borrowing(gitbase, "borrow.git")
-        for part in (("objects", "refs") if what == "both" else (what,)):
+        for part in ("objects", "refs") if what == "both" else (what,):
             (repo / part).symlink_to(outside / part)
         if what != "both":  # the other part: a real, empty one
             other = "refs" if what == "objects" else "objects"
@@ -156,7 +187,7 @@ def test_repository_reading_outside_the_root_is_not_found(tmp_path, gitbase, fix
     lookup.lookup("borrow")
     lookup.lookup("borrow")
     warnings = [r.getMessage() for r in log_watch.records if "resolves outside" in r.getMessage()]
-    assert len(warnings) == 2 and "--allow-external-links" in warnings[0]   # once per lookup object
+    assert len(warnings) == 2 and "--allow-external-links" in warnings[0]  # once per lookup object
     allowed = RepositoryLookup(str(gitbase), allow_external_links=True).lookup("borrow")
     assert allowed is not None and allowed.path == os.path.realpath(repo)
     assert "borrow" not in RepositoryLookup(str(gitbase)).names()
@@ -203,12 +234,20 @@ def test_cli_allow_external_links(tmp_path, gitbase, fixture_repo):
     outside = _outside_repo(tmp_path, fixture_repo)
     (gitbase / "evil.git").symlink_to(outside)
     for flag, ok in (([], False), (["--allow-external-links"], True)):
-        proc = subprocess.Popen([sys.executable, "-m", "gittornado", "--address", "127.0.0.1", "--port", "0",
-                                 *flag], cwd=gitbase, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gittornado", "--address", "127.0.0.1", "--port", "0", *flag],
+            cwd=gitbase,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
-            port = wait_for(lambda p=proc: (m := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/",
-                                                           p.stderr.readline())) and int(m.group(1)),
-                            message="the serving line")
+            port = wait_for(
+                lambda p=proc: (
+                    (m := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/", p.stderr.readline()))
+                    and int(m.group(1))
+                ),
+                message="the serving line",
+            )
             result = git("ls-remote", f"http://127.0.0.1:{port}/evil", check=False)
             assert (result.returncode == 0) is ok, result.stderr
         finally:
@@ -217,6 +256,7 @@ def test_cli_allow_external_links(tmp_path, gitbase, fixture_repo):
 
 
 # -- timing does not tell a private repository from a missing one (finding 3) -------------------
+
 
 def _mann_whitney_p(a: list[float], b: list[float]) -> float:
     """Two-sided p-value of the Mann-Whitney U test (normal approximation, ties corrected)."""
@@ -231,7 +271,7 @@ def _mann_whitney_p(a: list[float], b: list[float]) -> float:
         for k in range(i, j + 1):
             ranks[k] = (i + j) / 2 + 1
         t = j - i + 1
-        ties += t ** 3 - t
+        ties += t**3 - t
         i = j + 1
     n1, n2 = len(a), len(b)
     r1 = sum(r for r, (_, g) in zip(ranks, pooled, strict=True) if g == 0)
@@ -246,8 +286,10 @@ def _same_timing(first: list[float], second: list[float], floor: float) -> tuple
     """False when the samples differ beyond noise: p < 0.001 and medians over ``floor`` apart."""
     p = _mann_whitney_p(first, second)
     gap = statistics.median(first) - statistics.median(second)
-    text = (f"medians {1e6 * statistics.median(first):.1f} vs {1e6 * statistics.median(second):.1f} us, "
-            f"p={p:.2g}, n={len(first)}")
+    text = (
+        f"medians {1e6 * statistics.median(first):.1f} vs {1e6 * statistics.median(second):.1f} us, "
+        f"p={p:.2g}, n={len(first)}"
+    )
     return not (p < 1e-3 and abs(gap) > floor), text
 
 
@@ -266,15 +308,18 @@ async def test_refusal_time_does_not_tell_a_private_repository_from_a_missing_on
     Before, the lookup stopped at the first candidate that existed: ~20 us sooner for an
     existing repository, enough to classify a name from 25 samples over loopback.
     """
-    access = AccessFile(write_access_file(tmp_path / "acl.ini", {"alice": "a", "carol": "c"},
-                                          "alice = **=rw\n* = public/*=r\n"))
+    access = AccessFile(
+        write_access_file(
+            tmp_path / "acl.ini", {"alice": "a", "carol": "c"}, "alice = **=rw\n* = public/*=r\n"
+        )
+    )
     gate = Gate(access, RepositoryLookup(str(gitbase)))
     creds = None if who == "anonymous" else Credentials("carol", "c")
     expected = Unauthorized if who == "anonymous" else NotFound
-    names = {"private": [], "privat3": []}       # exists / missing; same length, same rule matching
+    names = {"private": [], "privat3": []}  # exists / missing; same length, same rule matching
     rng = random.Random(7)
     order = [name for _ in range(3000) for name in rng.sample(list(names), 2)]
-    for name in order[:200]:                     # warm caches (and the password cache) first
+    for name in order[:200]:  # warm caches (and the password cache) first
         with pytest.raises(expected):
             await gate.decide(AccessRequest(name, READ, creds, remote_addr="192.0.2.1"))
     gc.disable()

@@ -64,8 +64,9 @@ class AuthorizeOnly:
         return Grant(read=True, write=request.credentials is not None, ask_credentials=False)
 
 
-def req(repo: str = "app", operation: str = READ, credentials: Credentials | None = None,
-        **kwargs) -> AccessRequest:
+def req(
+    repo: str = "app", operation: str = READ, credentials: Credentials | None = None, **kwargs
+) -> AccessRequest:
     kwargs.setdefault("remote_addr", "192.0.2.1")
     return AccessRequest(repo, operation, credentials, **kwargs)
 
@@ -84,13 +85,17 @@ async def status(gate: Gate, request: AccessRequest) -> int:
 
 # -- the frozen types ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, attr", [
-    (Credentials("ann", "pw"), "password"),
-    (AccessRequest("app", READ), "repo"),
-    (AccessRequest("app", READ), "user"),
-    (Grant(read=True), "write"),
-    (Grant(read=True), "user"),
-])
+
+@pytest.mark.parametrize(
+    "value, attr",
+    [
+        (Credentials("ann", "pw"), "password"),
+        (AccessRequest("app", READ), "repo"),
+        (AccessRequest("app", READ), "user"),
+        (Grant(read=True), "write"),
+        (Grant(read=True), "user"),
+    ],
+)
 def test_types_are_frozen(value, attr):
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(value, attr, "x")
@@ -120,6 +125,7 @@ def test_operation_must_be_read_or_write():
 
 
 # -- the protocols and adapt() ---------------------------------------------------------------
+
 
 def test_protocols_are_checkable():
     assert isinstance(Typed(), Authenticator) and isinstance(Typed(), Authorizer)
@@ -184,6 +190,7 @@ async def test_call_hook_takes_any_shape():
 
 # -- CheckAdapter: the 0.2 duck-typed access objects -----------------------------------------
 
+
 class SyncCheck:
     def check(self, request):
         return True, request.repo != "private"
@@ -198,9 +205,11 @@ async def async_callable(request):
     return True, request.repo != "private"
 
 
-@pytest.mark.parametrize("access", [SyncCheck(), AsyncCheck(), async_callable,
-                                    lambda request: (True, request.repo != "private")],
-                         ids=["sync-check", "async-check", "async-callable", "callable"])
+@pytest.mark.parametrize(
+    "access",
+    [SyncCheck(), AsyncCheck(), async_callable, lambda request: (True, request.repo != "private")],
+    ids=["sync-check", "async-check", "async-callable", "callable"],
+)
 async def test_read_write_answer_never_vouches_for_the_sent_name(access):
     adapter = CheckAdapter(access)
     grant = await adapter.authorize(req("app", WRITE, Credentials("root", "anything")))
@@ -237,8 +246,8 @@ async def test_bad_credentials_from_an_adapted_object_count_for_the_throttle():
             await gate.decide(req(credentials=WRONG))
     with pytest.raises(TooManyRequests):
         await gate.decide(req(credentials=WRONG))
-    assert len(calls) == 3                       # blocked before the object was asked again
-    assert (await gate.decide(req())).user is None          # anonymous still served
+    assert len(calls) == 3  # blocked before the object was asked again
+    assert (await gate.decide(req())).user is None  # anonymous still served
     with pytest.raises(TooManyRequests):
         await gate.readable(list(REPOS), req(credentials=WRONG))
 
@@ -252,17 +261,18 @@ async def test_bad_credentials_from_an_authenticator_count_for_the_throttle():
     with pytest.raises(TooManyRequests):
         await gate.decide(req(credentials=ANN))
     assert policy.authenticated == ["ann", "ann"]
-    assert policy.authorized == []               # never asked for rights on a failed login
+    assert policy.authorized == []  # never asked for rights on a failed login
     assert (await gate.decide(req(credentials=ANN, remote_addr="192.0.2.2"))).user == "ann"
 
 
 # -- the gate with a typed policy ------------------------------------------------------------
 
+
 async def test_typed_policy_decides_every_status():
     gate = Gate(Typed(), MemoryLookup())
     assert await status(gate, req("public/lib")) == 200
-    assert await status(gate, req("public/lib", WRITE)) == 401       # anonymous: ask
-    assert await status(gate, req("private")) == 401                 # exists or not: 401
+    assert await status(gate, req("public/lib", WRITE)) == 401  # anonymous: ask
+    assert await status(gate, req("private")) == 401  # exists or not: 401
     assert await status(gate, req("nothere")) == 401
     assert await status(gate, req("private", credentials=WRONG)) == 401
     assert await status(gate, req("private", WRITE, ANN)) == 200
@@ -285,10 +295,10 @@ async def test_authorize_sees_the_verified_user_and_the_canonical_name():
     lookup = MemoryLookup()
     original = req("team/app.git", WRITE, ANN)
     session = await Gate(policy, lookup).decide(original)
-    seen, = policy.authorized
+    (seen,) = policy.authorized
     assert (seen.user, seen.repo, seen.operation) == ("ann", "team/app", WRITE)
     assert (session.user, session.repo.name, session.env) == ("ann", "team/app", {"X_WHO": "ann"})
-    assert original.user is None and original.repo == "team/app.git"      # not mutated
+    assert original.user is None and original.repo == "team/app.git"  # not mutated
     assert lookup.asked == ["team/app"]
 
 
@@ -347,6 +357,7 @@ async def test_an_authenticator_must_name_a_user():
 
 # -- readable: the index page ----------------------------------------------------------------
 
+
 async def test_readable_authenticates_once():
     policy = Typed()
     gate = Gate(policy, MemoryLookup())
@@ -356,7 +367,7 @@ async def test_readable_authenticates_once():
     assert {(r.user, r.operation) for r in policy.authorized} == {("ann", READ)}
     policy.authorized.clear()
     assert await gate.readable(list(REPOS), req(operation=WRITE)) == ["public/lib"]
-    assert policy.authenticated == ["ann"]      # anonymous: nothing to authenticate
+    assert policy.authenticated == ["ann"]  # anonymous: nothing to authenticate
     with pytest.raises(Unauthorized):
         await gate.readable(list(REPOS), req(credentials=WRONG))
     assert policy.authenticated == ["ann", "ann"]
@@ -368,6 +379,7 @@ async def test_readable_with_an_adapted_object():
 
 
 # -- OpenAccess ------------------------------------------------------------------------------
+
 
 class Refusing:
     """Would fail any password it was asked to check."""
@@ -397,6 +409,7 @@ async def test_open_access_grant():
 
 # -- the original GitTornado callables -------------------------------------------------------
 
+
 async def test_legacy_auth_and_gitlookup(tmp_path):
     native = object()
     seen = []
@@ -409,10 +422,12 @@ async def test_legacy_auth_and_gitlookup(tmp_path):
         return str(tmp_path / "somewhere.git")
 
     grant = await legacy_access(auth, gitlookup).authorize(
-        req("app", WRITE, Credentials("root", "x"), native_request=native))
+        req("app", WRITE, Credentials("root", "x"), native_request=native)
+    )
     assert seen == [native]
-    assert grant == Grant(user=None, read=True, write=False, ask_credentials=False,
-                          path=str(tmp_path / "somewhere.git"))
+    assert grant == Grant(
+        user=None, read=True, write=False, ask_credentials=False, path=str(tmp_path / "somewhere.git")
+    )
     grant = await legacy_access(auth, lambda request: None).authorize(req("app"))
     assert (grant.read, grant.write, grant.ask_credentials) == (False, False, True)
     grant = await legacy_access().authorize(req("app"))
