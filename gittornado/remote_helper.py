@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import fcntl
 import logging
 import os
@@ -396,9 +397,13 @@ class _PipeWriter:
 
     async def write(self, data: bytes) -> None:
         """Raises ``OSError`` (``EPIPE``) when git closed its end."""
+        await self.submit(data)
+
+    def submit(self, data: bytes) -> asyncio.Future:
+        """Queue ``data``; the future settles once git took it (or with ``OSError``)."""
         done = self._loop.create_future()
         self._jobs.put((data, done))
-        await done
+        return done
 
     def close(self) -> None:
         """git sees the end of the output once what was written is out."""
@@ -426,21 +431,28 @@ def _settle(future: asyncio.Future, error: BaseException | None) -> None:
 async def _download(conn: WebSocketClientConnection, stdout: _PipeWriter) -> int:
     """Frames -> git's output until the server closes; returns the bytes passed."""
     received = 0
-    while True:
-        message = await conn.read_message()
-        if message is None:
-            return received
-        if isinstance(message, str):
-            conn.close(4400, "text frame")
-            raise HelperError("protocol error: the server sent a text frame")
-        try:
-            await stdout.write(message)
-        except OSError:
-            # git stopped reading: it is done (or dying), so is the session.
-            _debug("git closed its input from us")
-            conn.close(1000)
-            return received
-        received += len(message)
+    # One frame may be on its way into git's pipe while the next is read off the
+    # socket (two in flight at most: backpressure holds, and the two overlap).
+    in_flight: collections.deque[asyncio.Future] = collections.deque()
+    try:
+        while True:
+            message = await conn.read_message()
+            if message is None:
+                while in_flight:
+                    await in_flight.popleft()
+                return received
+            if isinstance(message, str):
+                conn.close(4400, "text frame")
+                raise HelperError("protocol error: the server sent a text frame")
+            in_flight.append(stdout.submit(message))
+            received += len(message)
+            if len(in_flight) > 1:
+                await in_flight.popleft()
+    except OSError:
+        # git stopped reading: it is done (or dying), so is the session.
+        _debug("git closed its input from us")
+        conn.close(1000)
+        return received
 
 
 def _grow_pipe(fd: int) -> None:
