@@ -40,22 +40,20 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .errors import GitAccessError, TooManyRequests
+from .errors import ServiceUnavailable, TooManyRequests
 
 __all__ = ["Throttle", "MemoryStore", "SQLiteStore", "LoginsBusy", "address_key"]
 
 app_log = logging.getLogger("gittornado.application")
 
 
-class LoginsBusy(GitAccessError):
+class LoginsBusy(ServiceUnavailable):
     """So many password checks wait for a slot that one more would wait too long: 503."""
 
-    status = 503
     default_message = "the server is busy checking passwords; try again shortly"
 
     def __init__(self, retry_after: int, message: str = "") -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
 
 
 def address_key(addr: str) -> str:

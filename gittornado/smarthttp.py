@@ -71,7 +71,7 @@ class _ServiceHandler(GitHandler):
         return GitRun(
             self.session,
             self.service,
-            transport="http",
+            transport=self.transport,
             remote_addr=self.request.remote_ip or "",
             git_protocol=self._git_protocol_value,
             advertise=advertise,
