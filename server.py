@@ -1,6 +1,7 @@
 """gittornado inside your own Tornado app: git URLs beside your handlers, a WSGI UI behind.
 
-Run ``python server.py [GITBASE]`` and ``git clone http://127.0.0.1:8080/<repo>``.
+Run ``python server.py [GITBASE]`` and ``git clone http://127.0.0.1:8080/<repo>.git``;
+with klaus installed (``pip install 'gittornado[web]'``) open the same URL in a browser.
 """
 
 import asyncio
@@ -58,7 +59,8 @@ class StatusHandler(tornado.web.RequestHandler):
 def make_app(gitbase: str) -> tornado.web.Application:
     # The same keyword arguments drop into any URLSpec using InfoRefsHandler,
     # RPCHandler and FileHandler directly, as the original GitTornado's did.
-    git_routes = gittornado.routes(access=Access(), gitbase=gitbase, realm="example")
+    config = gittornado.GitConfig.build(access=Access(), gitbase=gitbase, realm="example")
+    git_routes = gittornado.routes(config=config)
     conf = legacy_config(gitbase)
     legacy_routes = [
         (r"/legacy/(?P<repo>[^/]+)/info/refs", gittornado.InfoRefsHandler, conf),
@@ -68,8 +70,23 @@ def make_app(gitbase: str) -> tornado.web.Application:
         [(r"/status", StatusHandler)]
         + legacy_routes
         + git_routes
+        + browser_routes(config.gate)
         + [(r".*", gittornado.FallbackHandler, {"fallback": hello_wsgi})]
     )
+
+
+def browser_routes(gate: gittornado.Gate) -> list:
+    """klaus as the fallback for repository URLs (``/app.git/tree/main/``), behind the
+    same gate as git: what git may not read, the browser may not see."""
+    try:
+        browser = gittornado.BrowseApp(gate, realm="example")
+    except ValueError:  # klaus is not installed
+        return []
+    route = {"fallback": browser}  # one object: one thread pool for both routes
+    return [
+        (r"/-/web/static/.*", gittornado.FallbackHandler, route),  # its CSS and JS
+        (r"/.+?\.git(?:/.*)?", gittornado.FallbackHandler, route),  # a repository's pages
+    ]
 
 
 async def main() -> None:

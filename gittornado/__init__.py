@@ -17,24 +17,46 @@ __version__ = "0.2.0"
 
 #: Public name -> the module that owns it.
 _EXPORTS = {
-    "make_app": "app", "routes": "app",
-    "InfoRefsHandler": "smarthttp", "RPCHandler": "smarthttp",
+    "make_app": "app",
+    "routes": "app",
+    "InfoRefsHandler": "smarthttp",
+    "RPCHandler": "smarthttp",
     "FileHandler": "dumbhttp",
-    "FallbackHandler": "fallback", "IndexApp": "fallback", "wsgi_container": "fallback",
+    "FallbackHandler": "fallback",
+    "IndexApp": "index",
+    "wsgi_container": "fallback",
+    "BrowseApp": "browse",
     "GitWebSocketHandler": "websocket",
     "GitConfig": "web",
-    "GitRun": "gitproc", "PeerGone": "gitproc",
-    "legacy_access": "legacy", "adapt": "legacy",
-    "AccessFile": "access", "AccessFileError": "access", "parse_access_file": "access",
+    "GitRun": "gitproc",
+    "PeerGone": "gitproc",
+    "legacy_access": "legacy",
+    "adapt": "legacy",
+    "AccessFile": "access",
+    "AccessFileError": "access",
+    "parse_access_file": "access",
     "hash_password": "access",
-    "AuthAPI": "authapi", "AuthAPIUnavailable": "authapi",
-    "Repository": "repos", "RepositoryLookup": "repos",
-    "AccessRequest": "rights", "Authenticator": "rights", "Authorizer": "rights",
-    "BadCredentials": "rights", "Credentials": "rights", "Grant": "rights",
-    "Gate": "session", "OpenAccess": "session", "Session": "session", "Throttle": "session",
-    "SQLiteStore": "limits", "GitHTTPServer": "serve",
-    "GitAccessError": "errors", "BadRequest": "errors", "Forbidden": "errors",
-    "NotFound": "errors", "Unauthorized": "errors",
+    "AuthAPI": "authapi",
+    "AuthAPIUnavailable": "authapi",
+    "Repository": "repos",
+    "RepositoryLookup": "repos",
+    "AccessRequest": "rights",
+    "Authenticator": "rights",
+    "Authorizer": "rights",
+    "BadCredentials": "rights",
+    "Credentials": "rights",
+    "Grant": "rights",
+    "Gate": "session",
+    "OpenAccess": "session",
+    "Session": "session",
+    "Throttle": "session",
+    "SQLiteStore": "limits",
+    "GitHTTPServer": "serve",
+    "GitAccessError": "errors",
+    "BadRequest": "errors",
+    "Forbidden": "errors",
+    "NotFound": "errors",
+    "Unauthorized": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -57,10 +79,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .access import AccessFile, AccessFileError, hash_password, parse_access_file  # noqa: F401
     from .app import make_app, routes  # noqa: F401
     from .authapi import AuthAPI, AuthAPIUnavailable  # noqa: F401
+    from .browse import BrowseApp  # noqa: F401
     from .dumbhttp import FileHandler  # noqa: F401
     from .errors import BadRequest, Forbidden, GitAccessError, NotFound, Unauthorized  # noqa: F401
-    from .fallback import FallbackHandler, IndexApp, wsgi_container  # noqa: F401
+    from .fallback import FallbackHandler, wsgi_container  # noqa: F401
     from .gitproc import GitRun, PeerGone  # noqa: F401
+    from .index import IndexApp  # noqa: F401
     from .legacy import adapt, legacy_access  # noqa: F401
     from .limits import SQLiteStore  # noqa: F401
     from .repos import Repository, RepositoryLookup  # noqa: F401

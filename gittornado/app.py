@@ -16,7 +16,9 @@ import tornado.web
 from .access import AccessFile
 from .authapi import AuthAPI
 from .dumbhttp import FileHandler
-from .fallback import FallbackHandler, IndexApp
+from .fallback import FallbackHandler, make_fallback
+from .gitqueue import GitProcessLimit, limited
+from .ops import count_request, ops_routes
 from .repos import RepositoryLookup
 from .session import Gate, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
@@ -73,23 +75,55 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     aborted = getattr(handler, "aborted", False)
     # 401 is how every authenticated git session starts (git asks without a password first).
-    log = access_log.info if (status < 400 or status == 401) and not aborted else \
-        access_log.warning if status < 500 else access_log.error
+    log = (
+        access_log.info
+        if (status < 400 or status == 401) and not aborted
+        else access_log.warning
+        if status < 500
+        else access_log.error
+    )
     session = getattr(handler, "session", None)
     user = getattr(session, "user", None) or "-"
     req = handler.request
-    log("%s %s %s %d %.1fms user=%s%s", req.remote_ip, req.method, req.uri, status,
-        1000.0 * req.request_time(), user, " aborted" if aborted else "")
+    log(
+        "%s %s %s %d %.1fms user=%s%s",
+        req.remote_ip,
+        req.method,
+        req.uri,
+        status,
+        1000.0 * req.request_time(),
+        user,
+        " aborted" if aborted else "",
+    )
 
 
-def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any = None,
-             lookup: Any = None, realm: str = "gittornado", prefix: str = "",
-             fallback: Any = None, index: bool = True, throttle: Throttle | bool | None = True,
-             git: str = "git", upload_pack_limit: int = 64 * 1024 * 1024,
-             receive_pack_limit: int | None = None, direct_output: bool = True,
-             body_idle_timeout: float | None = 600.0, send_timeout: float | None = 600.0,
-             auth_api: str | None = None, allow_external_links: bool = False,
-             **settings: Any) -> tornado.web.Application:
+def make_app(
+    gitbase: str = ".",
+    *,
+    accessfile: str | None = None,
+    access: Any = None,
+    lookup: Any = None,
+    realm: str = "gittornado",
+    prefix: str = "",
+    fallback: Any = None,
+    index: bool = True,
+    throttle: Throttle | bool | None = True,
+    git: str = "git",
+    upload_pack_limit: int = 64 * 1024 * 1024,
+    receive_pack_limit: int | None = None,
+    direct_output: bool = True,
+    body_idle_timeout: float | None = 600.0,
+    send_timeout: float | None = 600.0,
+    auth_api: str | None = None,
+    allow_external_links: bool = False,
+    web: bool = False,
+    ssh_url: str | None = None,
+    ops: bool = True,
+    max_git_processes: int | None = None,
+    git_queue: int = 100,
+    git_queue_timeout: float = 30.0,
+    **settings: Any,
+) -> tornado.web.Application:
     """Build the gittornado ``Application``.
 
     :arg gitbase: directory holding the repositories (default lookup's root).
@@ -113,6 +147,14 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
     :arg allow_external_links: the default lookup serves repositories whose
         directory, ``objects/``, ``refs/`` (or alternates) resolve outside
         ``gitbase`` (default False: such a repository is not found).
+    :arg web: serve the code browser (klaus, the ``[web]`` extra) on the repositories'
+        own URLs, behind the same access rules (``gittornado.browse``).
+    :arg ssh_url: the index page shows SSH clone URLs as ``ssh_url + name + '.git'``
+        (e.g. ``git@host:``).
+    :arg max_git_processes: smart-HTTP requests running git at once (None: no cap); the
+        excess waits, at most ``git_queue`` of them for ``git_queue_timeout`` seconds,
+        then gets 503 with ``Retry-After`` (``gittornado.gitqueue``).
+    :arg ops: serve ``/-/health`` and ``/-/metrics`` under the prefix (``gittornado.ops``).
     :arg settings: passed to ``tornado.web.Application``.
     """
     if allow_external_links and lookup is not None:
@@ -126,20 +168,46 @@ def make_app(gitbase: str = ".", *, accessfile: str | None = None, access: Any =
         access = AccessFile(accessfile)
     if auth_api:
         access = AuthAPI(auth_api)
-    repo_lookup = lookup if lookup is not None else RepositoryLookup(
-        gitbase, allow_external_links=allow_external_links)
+    repo_lookup = (
+        lookup if lookup is not None else RepositoryLookup(gitbase, allow_external_links=allow_external_links)
+    )
     if throttle is True:
         throttle = Throttle()
     gate = Gate(access, repo_lookup, throttle=throttle or None)
-    if fallback is None and index:
-        if not hasattr(repo_lookup, "names"):
-            raise ValueError("the index page needs a lookup with names(); pass index=False")
-        fallback = IndexApp(gate, repo_lookup.names, prefix=prefix, realm=realm)
-    config = GitConfig.build(gate=gate, realm=realm, git=git, upload_pack_limit=upload_pack_limit,
-                             receive_pack_limit=receive_pack_limit, direct_output=direct_output,
-                             body_idle_timeout=body_idle_timeout, send_timeout=send_timeout)
+    if web and fallback is not None:
+        raise ValueError("give either web or fallback, not both")
+    if fallback is None and (index or web):
+        fallback = make_fallback(
+            gate, repo_lookup, prefix=prefix, realm=realm, index=index, web=web, ssh_url=ssh_url, git=git
+        )
+    config = GitConfig.build(
+        gate=gate,
+        realm=realm,
+        git=git,
+        upload_pack_limit=upload_pack_limit,
+        receive_pack_limit=receive_pack_limit,
+        direct_output=direct_output,
+        body_idle_timeout=body_idle_timeout,
+        send_timeout=send_timeout,
+    )
     table = routes(prefix, fallback=fallback, config=config)
-    settings.setdefault("log_function", _log_request)
+    limit = None
+    if max_git_processes:
+        limit = GitProcessLimit(max_git_processes, git_queue, git_queue_timeout)
+        for rule in table:
+            if rule.target in (InfoRefsHandler, RPCHandler):
+                rule.target = limited(rule.target, limit)
+    if ops:  # /-/health, /-/metrics: before the git routes, never a repository
+        table = ops_routes(prefix, gitbase=gitbase, git=git) + table
+    if web:  # the code browser's CSS/JS under the server's own /-/ (before ops' catch-all)
+        table.insert(
+            0,
+            tornado.web.url(re.escape(prefix) + r"/-/web/static/.*", FallbackHandler, {"fallback": fallback}),
+        )
+    log_function = settings.setdefault("log_function", _log_request)
+    if ops:
+        settings["log_function"] = lambda handler: (count_request(handler), log_function(handler))
     app = tornado.web.Application(table, **settings)
     app.gate = gate  # type: ignore[attr-defined]
+    app.git_limit = limit  # type: ignore[attr-defined]
     return app

@@ -27,62 +27,176 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gittornado",
         description="Serve the git repositories under a directory over smart and dumb HTTP. "
-                    "Also: 'gittornado check-access FILE USER REPO'.")
+        "Also: 'gittornado check-access FILE USER REPO'.",
+    )
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks one)")
     p.add_argument("--address", default="", help="bind address (default: all interfaces)")
-    p.add_argument("--gitbase", "--root", dest="gitbase", default=".",
-                   help="directory holding the repositories (default: current directory)")
+    p.add_argument(
+        "--gitbase",
+        "--root",
+        dest="gitbase",
+        default=".",
+        help="directory holding the repositories (default: current directory)",
+    )
     p.add_argument("--accessfile", help="INI users/groups/access file (reloaded when it changes)")
-    p.add_argument("--auth-api", metavar="URL",
-                   help="Gitorious-style authorization API instead of an access file")
+    p.add_argument(
+        "--auth-api", metavar="URL", help="Gitorious-style authorization API instead of an access file"
+    )
     p.add_argument("--realm", default="gittornado", help="Basic auth realm")
     p.add_argument("--prefix", default="", help="mount point when a proxy forwards /prefix/... unchanged")
     p.add_argument("--processes", type=int, default=1, help="worker processes; 0 = one per CPU")
     p.add_argument("--certfile", help="TLS certificate (serve HTTPS)")
     p.add_argument("--keyfile", help="TLS private key")
-    p.add_argument("--xheaders", action="store_true",
-                   help="trust X-Forwarded-For/-Proto from a reverse proxy")
-    p.add_argument("--max-upload-pack-request", type=int, default=64 * 1024 * 1024, metavar="BYTES",
-                   help="cap on an inflated fetch request (default 64 MiB; larger: 413)")
-    p.add_argument("--max-push-size", type=int, default=None, metavar="BYTES",
-                   help="cap on a push body (default unbounded)")
-    p.add_argument("--body-idle-timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="drop a request whose body stalls this long (default 600; 0: never)")
-    p.add_argument("--send-timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="stop git and hang up on a client that takes no answer data this long "
-                        "(default 600; 0: never)")
-    p.add_argument("--login-failures", type=int, default=10, metavar="N",
-                   help="wrong passwords from one address within a minute before it gets 429 "
-                        "(default 10; 0 disables)")
-    p.add_argument("--login-block", type=float, default=60.0, metavar="SECONDS",
-                   help="how long such an address is refused (default 60)")
+    p.add_argument(
+        "--xheaders", action="store_true", help="trust X-Forwarded-For/-Proto from a reverse proxy"
+    )
+    p.add_argument(
+        "--max-upload-pack-request",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="cap on an inflated fetch request (default 64 MiB; larger: 413)",
+    )
+    p.add_argument(
+        "--max-push-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="cap on a push body (default unbounded)",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="drop a request whose body stalls this long (default 600; 0: never)",
+    )
+    p.add_argument(
+        "--send-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="stop git and hang up on a client that takes no answer data this long (default 600; 0: never)",
+    )
+    p.add_argument(
+        "--login-failures",
+        type=int,
+        default=10,
+        metavar="N",
+        help="wrong passwords from one address within a minute before it gets 429 (default 10; 0 disables)",
+    )
+    p.add_argument(
+        "--login-block",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long such an address is refused (default 60)",
+    )
     p.add_argument("--no-throttle", action="store_true", help="same as --login-failures 0")
-    p.add_argument("--state-dir", metavar="DIR",
-                   help="directory for state the worker processes share (the login throttle); "
-                        "default: in memory, or a temporary directory with --processes")
-    p.add_argument("--max-connections", type=int, default=None, metavar="N",
-                   help="open connections per worker process, beyond which new ones get 503 "
-                        "(default: half the open-file limit; 0: no cap)")
-    p.add_argument("--max-connections-per-ip", type=int, default=None, metavar="N",
-                   help="open connections per client address (default 100, or none with "
-                        "--xheaders: the peer is then the proxy; 0: no cap)")
-    p.add_argument("--header-timeout", type=float, default=20.0, metavar="SECONDS",
-                   help="time a request's headers may take (default 20)")
-    p.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="time a keep-alive connection may wait for its next request (default 120)")
-    p.add_argument("--allow-external-links", action="store_true",
-                   help="serve repositories reached through symlinks (or alternates) that lead "
-                        "outside --gitbase (default: such a repository is not found)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="directory for state the worker processes share (the login throttle); "
+        "default: in memory, or a temporary directory with --processes",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open connections per worker process, beyond which new ones get 503 "
+        "(default: half the open-file limit; 0: no cap)",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open connections per client address (default 100, or none with "
+        "--xheaders: the peer is then the proxy; 0: no cap)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="time a request's headers may take (default 20)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="time a keep-alive connection may wait for its next request (default 120)",
+    )
+    p.add_argument(
+        "--allow-external-links",
+        action="store_true",
+        help="serve repositories reached through symlinks (or alternates) that lead "
+        "outside --gitbase (default: such a repository is not found)",
+    )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="serve a code browser (klaus) on the repositories' own URLs, same access "
+        "rules; needs pip install 'gittornado[web]'",
+    )
+    p.add_argument(
+        "--ssh-url",
+        metavar="PREFIX",
+        help="show SSH clone URLs on the index page as PREFIX<repo>.git (e.g. git@host:)",
+    )
+    p.add_argument(
+        "--max-git-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="git-running HTTP requests per worker at once; the excess waits in a "
+        "queue, then gets 503 with Retry-After (default 0: no cap)",
+    )
+    p.add_argument(
+        "--git-queue",
+        type=int,
+        default=100,
+        metavar="N",
+        help="requests that may wait for a git slot (default 100; beyond: 503)",
+    )
+    p.add_argument(
+        "--git-queue-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request waits for a git slot before 503 (default 30)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, time running clones and pushes get to finish before "
+        "they are stopped (default 30; a second signal stops them at once)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
     return p
 
 
 def _setup_logging(level: str, processes: int = 1) -> None:
     # With several workers, each line says which one wrote it.
     pid = "[%(process)d] " if processes != 1 else ""
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _metrics_process_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges from the shared metrics (multi-process mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)
+        except Exception:  # metrics are optional; a supervisor must not die of them
+            pass
 
 
 def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
@@ -126,6 +240,7 @@ def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
         except ChildProcessError:
             break
         children.discard(pid)
+        _metrics_process_dead(pid)
         if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             log.warning("worker %d died (status %d); starting another", pid, status)
             if spawn():
@@ -135,13 +250,25 @@ def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+def _quarantine_idle(args: argparse.Namespace) -> float:
+    """How long a push quarantine must be untouched before it is nobody's.
+
+    A push whose body stalls for ``--body-idle-timeout`` is dropped (git then
+    cleans up itself), so a quarantine idle for longer is left over; a margin
+    covers hooks and clocks of other hosts on a shared root.
+    """
+    return max(args.body_idle_timeout or 3600.0, 60.0) + 60.0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    import tornado.ioloop
     import tornado.netutil
     import tornado.process
 
     from .app import make_app
     from .limits import SQLiteStore, Throttle
     from .serve import GitHTTPServer, default_max_connections, raise_open_file_limit
+    from .shutdown import drain
 
     if args.accessfile and args.auth_api:
         print("gittornado: give either --accessfile or --auth-api, not both", file=sys.stderr)
@@ -152,6 +279,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.gitbase):
         print(f"gittornado: --gitbase {args.gitbase!r} is not a directory", file=sys.stderr)
         return 2
+    if args.web:
+        from .browse import klaus_missing
+
+        if (missing := klaus_missing()) is not None:
+            print(f"gittornado: {missing}", file=sys.stderr)
+            return 2
     ssl_ctx = None
     if args.certfile:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -181,6 +314,15 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, sqlite3.Error) as exc:
             print(f"gittornado: cannot use --state-dir {state_dir!r}: {exc}", file=sys.stderr)
             return 2
+    # Before any worker exists: quarantines of pushes a crash or kill -9 cut short.
+    from .shutdown import remove_stale_quarantines
+
+    remove_stale_quarantines(args.gitbase, _quarantine_idle(args))
+    if args.processes != 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker's metrics add up in whichever worker answers /-/metrics.
+        metrics_dir = tempfile.mkdtemp(prefix="gittornado-metrics-")
+        temporary.append(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if args.processes != 1:
         # Must happen before any IOLoop exists.
         _fork_workers(args.processes or tornado.process.cpu_count(), cleanup=temporary)
@@ -190,40 +332,76 @@ def _serve(args: argparse.Namespace) -> int:
             throttle = None
             if throttled:
                 throttle = Throttle(limit=args.login_failures, block=args.login_block, store=store)
-            app = make_app(args.gitbase, accessfile=args.accessfile, auth_api=args.auth_api,
-                           realm=args.realm,
-                           prefix=args.prefix, throttle=throttle,
-                           upload_pack_limit=args.max_upload_pack_request,
-                           receive_pack_limit=args.max_push_size,
-                           body_idle_timeout=args.body_idle_timeout or None,
-                           send_timeout=args.send_timeout or None,
-                           allow_external_links=args.allow_external_links)
+            app = make_app(
+                args.gitbase,
+                accessfile=args.accessfile,
+                auth_api=args.auth_api,
+                realm=args.realm,
+                prefix=args.prefix,
+                throttle=throttle,
+                upload_pack_limit=args.max_upload_pack_request,
+                receive_pack_limit=args.max_push_size,
+                body_idle_timeout=args.body_idle_timeout or None,
+                send_timeout=args.send_timeout or None,
+                allow_external_links=args.allow_external_links,
+                web=args.web,
+                ssh_url=args.ssh_url,
+                max_git_processes=args.max_git_processes or None,
+                git_queue=args.git_queue,
+                git_queue_timeout=args.git_queue_timeout,
+            )
         except ValueError as exc:
             log.error("%s", exc)
             raise SystemExit(2) from None
-        server = GitHTTPServer(app, xheaders=args.xheaders, ssl_options=ssl_ctx,
-                               max_connections=max_connections, max_connections_per_ip=per_ip,
-                               header_timeout=args.header_timeout or None,
-                               idle_timeout=args.idle_timeout or 3600)
+        server = GitHTTPServer(
+            app,
+            xheaders=args.xheaders,
+            ssl_options=ssl_ctx,
+            max_connections=max_connections,
+            max_connections_per_ip=per_ip,
+            header_timeout=args.header_timeout or None,
+            idle_timeout=args.idle_timeout or 3600,
+        )
         stop = asyncio.Event()
+        hurry = asyncio.Event()  # a second signal: no more waiting
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            (hurry if stop.is_set() else stop).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         server.add_sockets(sockets)
         ports = sorted({s.getsockname()[1] for s in sockets})
         scheme = "https" if ssl_ctx else "http"
-        log.info("serving %s on %s://%s:%s%s/", os.path.abspath(args.gitbase), scheme,
-                 args.address or "*", ",".join(map(str, ports)), args.prefix.rstrip("/"))
-        log.info("limits: %s connections, %s per address, open files %d, headers %gs, idle %gs",
-                 max_connections or "unlimited", per_ip or "unlimited", fd_limit,
-                 args.header_timeout, args.idle_timeout)
+        log.info(
+            "serving %s on %s://%s:%s%s/",
+            os.path.abspath(args.gitbase),
+            scheme,
+            args.address or "*",
+            ",".join(map(str, ports)),
+            args.prefix.rstrip("/"),
+        )
+        log.info(
+            "limits: %s connections, %s per address, open files %d, headers %gs, idle %gs",
+            max_connections or "unlimited",
+            per_ip or "unlimited",
+            fd_limit,
+            args.header_timeout,
+            args.idle_timeout,
+        )
+        sweeper = tornado.ioloop.PeriodicCallback(
+            lambda: loop.run_in_executor(
+                None, remove_stale_quarantines, args.gitbase, _quarantine_idle(args)
+            ),
+            1000 * min(600.0, _quarantine_idle(args)),
+        )
+        sweeper.start()
         await stop.wait()
+        sweeper.stop()
         log.info("shutting down")
-        server.stop()
-        try:
-            await asyncio.wait_for(server.close_all_connections(), timeout=10)
-        except asyncio.TimeoutError:
-            pass
+        await drain(server, args.shutdown_grace, hurry)
+        log.info("stopped")
 
     asyncio.run(run())
     return 0
@@ -235,8 +413,9 @@ def check_access_main(argv: list[str]) -> int:
     Exit status 0 when USER may read REPO, 3 when not, 1 for a file that does
     not load (its error names the line) or an invalid repository name.
     """
-    p = argparse.ArgumentParser(prog="gittornado check-access",
-                                description="Explain what USER may do on REPO under an access file.")
+    p = argparse.ArgumentParser(
+        prog="gittornado check-access", description="Explain what USER may do on REPO under an access file."
+    )
     p.add_argument("accessfile")
     p.add_argument("user", help="user name, or - for anonymous")
     p.add_argument("repo")
@@ -255,8 +434,7 @@ def check_access_main(argv: list[str]) -> int:
         return 1
     repo = normalize_name(args.repo)
     if repo is None:
-        print(f"gittornado check-access: {args.repo!r} is not a valid repository name",
-              file=sys.stderr)
+        print(f"gittornado check-access: {args.repo!r} is not a valid repository name", file=sys.stderr)
         return 1
     user = None if args.user == "-" else args.user
     read, write, best = policy.rights(user, repo)
@@ -274,8 +452,10 @@ def check_access_main(argv: list[str]) -> int:
         if user not in policy.users:
             print(f"note: {user!r} has no password in [users], so cannot log in over HTTP")
         elif (weakness := hash_weakness(policy.users[user])) is not None:
-            print(f"note: {user!r} has a weak password hash ({weakness}); "
-                  f"replace it with: gittornado-passwd {args.accessfile} {user}")
+            print(
+                f"note: {user!r} has a weak password hash ({weakness}); "
+                f"replace it with: gittornado-passwd {args.accessfile} {user}"
+            )
     return 0 if read else 3
 
 
@@ -289,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- gittornado-passwd ---------------------------------------------------------------------
+
 
 def update_users_section(text: str, user: str, hashed: str | None) -> str:
     """The access file ``text`` with ``user``'s line set to ``hashed`` (None: removed).
@@ -314,7 +495,7 @@ def update_users_section(text: str, user: str, hashed: str | None) -> str:
     section = None
     first_header = None
     users_start = None
-    users_last = None      # index of the last entry (or the header) of the first [users]
+    users_last = None  # index of the last entry (or the header) of the first [users]
     in_first_users = False
     for i, line in enumerate(lines):
         body = content(line)
@@ -339,9 +520,9 @@ def update_users_section(text: str, user: str, hashed: str | None) -> str:
             del lines[i]
             return "".join(lines)
         raw = line.rstrip("\r\n")
-        ending = line[len(raw):]
+        ending = line[len(raw) :]
         prefix = re.match(r"\s*[^=:]+?\s*[=:]\s*", raw).group(0)
-        comment = re.search(r"\s+[;#].*\Z", raw[len(prefix):])
+        comment = re.search(r"\s+[;#].*\Z", raw[len(prefix) :])
         lines[i] = prefix + hashed + (comment.group(0) if comment else "") + ending
         return "".join(lines)
     if hashed is None:
@@ -358,7 +539,7 @@ def update_users_section(text: str, user: str, hashed: str | None) -> str:
         at = users_last + 1
     if at == len(lines) and lines:
         if not lines[-1].endswith(("\n", "\r")):
-            lines[-1] += eol       # appending: the last line needs its end first
+            lines[-1] += eol  # appending: the last line needs its end first
         if users_start is None and lines[-1].strip():
             block.insert(0, eol)
     lines[at:at] = block
@@ -372,14 +553,17 @@ def passwd_main(argv: list[str] | None = None) -> int:
     (one line). Only a hash is ever written. The new file must parse, and it
     replaces the old one by rename, keeping its mode (and owner, when allowed).
     """
-    p = argparse.ArgumentParser(prog="gittornado-passwd",
-                                description="Set or delete a user's password hash in an access file.")
+    p = argparse.ArgumentParser(
+        prog="gittornado-passwd", description="Set or delete a user's password hash in an access file."
+    )
     p.add_argument("accessfile")
     p.add_argument("user")
-    p.add_argument("--password-stdin", action="store_true",
-                   help="read the password from the first line of stdin")
-    p.add_argument("--scheme", choices=["bcrypt", "argon2"], default="bcrypt",
-                   help="hash scheme (default bcrypt)")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    p.add_argument(
+        "--scheme", choices=["bcrypt", "argon2"], default="bcrypt", help="hash scheme (default bcrypt)"
+    )
     p.add_argument("--delete", action="store_true", help="remove the user")
     args = p.parse_args(argv)
     from .access import _NAME, AccessFileError, hash_password, parse_access_file
@@ -425,8 +609,7 @@ def passwd_main(argv: list[str] | None = None) -> int:
     try:
         parse_access_file(new_text)
     except AccessFileError as exc:
-        print(f"{prog}: {args.accessfile} would not load ({exc}); nothing changed",
-              file=sys.stderr)
+        print(f"{prog}: {args.accessfile} would not load ({exc}); nothing changed", file=sys.stderr)
         return 1
     directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(prefix=".gittornado-passwd-", dir=directory)

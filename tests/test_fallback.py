@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import threading
 
+import pytest
 import tornado.web
 import tornado.wsgi
+from conftest import git
 
 from gittornado.fallback import FallbackHandler
 from gittornado.repos import RepositoryLookup
@@ -35,7 +37,7 @@ class RecordingLookup(RepositoryLookup):
 
     def __init__(self, gitbase: str) -> None:
         super().__init__(gitbase)
-        self.threads: list[threading.Thread] = []   # kept alive: no identity is reused
+        self.threads: list[threading.Thread] = []  # kept alive: no identity is reused
 
     def names(self, max_depth: int = 4) -> list[str]:
         self.threads.append(threading.current_thread())
@@ -78,3 +80,59 @@ def test_containers_and_applications_are_passed_through():
     nested = tornado.web.Application()
     for fallback in (container, nested):
         assert FallbackHandler._container_for(tornado.web.Application(), fallback) is fallback
+
+
+def test_the_code_browser_shares_one_pool_across_its_routes(serve):
+    """--web routes repository pages and /-/web/static/ to one fallback: one container, one pool."""
+    pytest.importorskip("klaus", reason="the [web] extra (klaus) is not installed")
+    before = len(wsgi_threads())
+    server = serve(web=True)
+    paths = ["/", "/app.git/", "/-/web/static/klaus.css", "/team/app.git/blob/main/hello.txt"] * 5
+    assert [get(server, p) for p in paths] == [200] * len(paths)
+    assert len(wsgi_threads()) - before <= MAX_WORKERS, [t.name for t in wsgi_threads()]
+
+
+def test_a_slow_page_does_not_stall_git(serve):
+    """While the WSGI app holds a request, git is still served (the app runs off the loop)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(environ, start_response):
+        entered.set()
+        release.wait(30)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(fallback=slow)
+    statuses: list[int] = []
+    waiting = threading.Thread(target=lambda: statuses.append(get(server, "/slow")))
+    waiting.start()
+    try:
+        assert entered.wait(10)
+        git("ls-remote", f"{server.url}/app")
+        assert not statuses  # the page is still held
+    finally:
+        release.set()
+        waiting.join(30)
+    assert statuses == [200]
+
+
+def test_head_and_lazy_apps_are_framed(serve):
+    """HEAD gets the headers only (and the connection stays usable); an app that starts its
+    answer lazily (a generator) or never says its length still gets a framed answer."""
+
+    def lazy(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"chunk one, "
+        yield b"chunk two"
+
+    server = serve(fallback=lazy)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for method in ("HEAD", "GET", "HEAD", "GET"):
+            conn.request(method, "/page")
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200 and resp.headers["Content-Length"] == "20"
+            assert body == (b"" if method == "HEAD" else b"chunk one, chunk two")
+    finally:
+        conn.close()

@@ -1,0 +1,194 @@
+"""The server's own URLs under ``/-/``: a health check and Prometheus metrics.
+
+``/-/`` can never name a repository (``-`` is not a repository the routes let
+through: everything under it is answered here, 404 when unknown), so a load
+balancer or Prometheus can poll a fixed URL whatever repositories exist.
+
+* ``/-/health``: 200 when git can be spawned and the repository root read,
+  503 otherwise. Spawning git on every probe would cost a fork per second per
+  balancer, so the verdict is cached for a few seconds and computed off the
+  event loop.
+* ``/-/metrics``: the Prometheus text format (``prometheus-client``): HTTP
+  requests by status, git runs by service, transport and result (the engine's
+  own audit verdict), bytes in and out, run durations, running git processes.
+  With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` (set by the CLI)
+  makes every worker's numbers add up in whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from typing import Any
+
+import tornado.web
+
+from . import gitproc
+
+__all__ = ["ops_routes", "count_request", "HealthHandler", "MetricsHandler"]
+
+#: Seconds a health verdict is reused.
+HEALTH_CACHE = 5.0
+
+
+class _Metrics:
+    """The process's collectors, made once (prometheus-client refuses duplicates)."""
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        self.prom = prom
+        multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.requests = prom.Counter(
+            "gittornado_http_requests", "HTTP requests answered", ["method", "status"]
+        )
+        self.runs = prom.Counter("gittornado_git_runs", "git runs ended", ["service", "transport", "result"])
+        self.bytes_in = prom.Counter(
+            "gittornado_git_received_bytes", "bytes fed to git (pushes, fetch requests)", ["service"]
+        )
+        self.bytes_out = prom.Counter(
+            "gittornado_git_sent_bytes", "bytes git answered (packs, advertisements)", ["service"]
+        )
+        self.duration = prom.Histogram(
+            "gittornado_git_run_duration_seconds",
+            "git run duration",
+            ["service"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+        )
+        kwargs = {"multiprocess_mode": "livesum"} if multi else {}
+        self.running = prom.Gauge(
+            "gittornado_git_processes_running", "git runs in progress in this process", **kwargs
+        )
+        if not multi:
+            self.running.set_function(lambda: len(gitproc.running_runs()))
+        self.multi = multi
+        gitproc.add_run_observer(self.run_ended)
+
+    def run_ended(self, run: Any) -> None:
+        service = run.op.service
+        self.runs.labels(service, run.op.transport, run.result).inc()
+        self.bytes_in.labels(service).inc(run.op.bytes_in)
+        self.bytes_out.labels(service).inc(run.op.bytes_out)
+        self.duration.labels(service).observe(time.monotonic() - run.op.started)
+        if self.multi:
+            self.running.set(len(gitproc.running_runs()))
+
+    def render(self) -> tuple[bytes, str]:
+        prom = self.prom
+        if self.multi:
+            from prometheus_client import multiprocess
+
+            self.running.set(len(gitproc.running_runs()))
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+        return prom.generate_latest(), prom.CONTENT_TYPE_LATEST
+
+
+_metrics: _Metrics | None = None
+
+
+def _get_metrics() -> _Metrics | None:
+    global _metrics
+    if _metrics is None:
+        try:
+            _metrics = _Metrics()
+        except ImportError:
+            return None
+    return _metrics
+
+
+def count_request(handler: tornado.web.RequestHandler) -> None:
+    """Count an answered request by status (called from the app's log function)."""
+    metrics = _get_metrics()
+    if metrics is not None:
+        metrics.requests.labels(handler.request.method or "-", str(handler.get_status())).inc()
+        if metrics.multi:
+            metrics.running.set(len(gitproc.running_runs()))
+
+
+class _Health:
+    """The cached verdict for one root and one git."""
+
+    def __init__(self, gitbase: str, git: str) -> None:
+        self.gitbase, self.git = gitbase, git
+        self.checked = -HEALTH_CACHE
+        self.problem: str | None = None
+        self._lock = asyncio.Lock()
+
+    def _check(self) -> str | None:
+        try:
+            os.listdir(self.gitbase)
+        except OSError as exc:
+            return f"cannot read the repository root: {exc.strerror}"
+        try:
+            done = subprocess.run(
+                [self.git, "--version"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"cannot run git: {exc}"
+        if done.returncode != 0:
+            return f"git --version exited with {done.returncode}"
+        return None
+
+    async def problem_now(self) -> str | None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self.checked >= HEALTH_CACHE:
+                self.problem = await loop.run_in_executor(None, self._check)
+                self.checked = loop.time()
+            return self.problem
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    """``GET /-/health``: 200 ``ok``, or 503 with the reason (for load balancers)."""
+
+    def initialize(self, health: _Health) -> None:
+        self.health = health
+
+    async def get(self) -> None:
+        problem = await self.health.problem_now()
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        if problem is not None:
+            self.set_status(503)
+            self.finish(problem + "\n")
+        else:
+            self.finish("ok\n")
+
+    head = get
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """``GET /-/metrics``: Prometheus text format."""
+
+    def get(self) -> None:
+        metrics = _get_metrics()
+        if metrics is None:
+            raise tornado.web.HTTPError(404, "prometheus-client is not installed")
+        body, content_type = metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
+
+
+class _Reserved(tornado.web.RequestHandler):
+    """Anything else under ``/-/``: never a repository."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+def ops_routes(prefix: str, *, gitbase: str, git: str = "git") -> list:
+    """Routes for ``prefix/-/...``; they go before the git routes. ``prefix`` is validated."""
+    import re
+
+    p = re.escape(prefix)
+    _get_metrics()  # collectors exist from the start: the first scrape shows every series
+    return [
+        tornado.web.url(p + r"/-/health\Z", HealthHandler, {"health": _Health(gitbase, git)}),
+        tornado.web.url(p + r"/-/metrics\Z", MetricsHandler),
+        tornado.web.url(p + r"/-/.*", _Reserved),
+    ]
