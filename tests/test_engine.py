@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AllowAll, git, git_processes, refs, rev, wait_for
+from test_contract import _partial_pack
 
 from gittornado import pktline
 
@@ -195,19 +196,6 @@ def _chunked(data: bytes, size: int = 16384) -> bytes:
     return b"".join(
         b"%x\r\n%s\r\n" % (len(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size)
     )
-
-
-def _partial_pack(blob_size: int = 50_000_000, sent: int = 200_000) -> bytes:
-    """The first bytes of a valid pack holding one big blob: git waits for the rest."""
-    header = b"PACK" + (2).to_bytes(4, "big") + (1).to_bytes(4, "big")
-    size = blob_size
-    obj = bytearray([0x80 | (3 << 4) | (size & 0x0F)])
-    size >>= 4
-    while size:
-        obj.append((0x80 if size >> 7 else 0) | (size & 0x7F))
-        size >>= 7
-    z = zlib.compressobj()
-    return header + bytes(obj) + z.compress(os.urandom(sent)) + z.flush(zlib.Z_SYNC_FLUSH)
 
 
 def _push_commands(old: str) -> bytes:
