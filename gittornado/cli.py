@@ -199,41 +199,63 @@ def _metrics_process_dead(pid: int) -> None:
             pass
 
 
+RESTART_WINDOW = 10.0  # seconds: more than N worker restarts within it and the supervisor gives up
+
+
 def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
     """Pre-fork ``n`` workers sharing the listening sockets; returns in each worker.
 
-    The parent only supervises: it restarts a worker that dies abnormally and,
-    on SIGTERM/SIGINT, stops every worker and exits 0 (``tornado.process.
-    fork_processes`` would leave the workers running when the parent is killed).
-    Directories in ``cleanup`` are removed when the supervisor exits.
+    The parent only supervises: it replaces a worker that dies abnormally (at
+    most ``n`` times within ``RESTART_WINDOW`` seconds, a little later each
+    time; beyond that a worker that crashes at start would only spin, so it
+    stops the rest and exits 1), passes SIGHUP on to every worker (each then
+    reloads its access file) and, on SIGTERM/SIGINT, stops every worker and
+    exits 0 (``tornado.process.fork_processes`` would leave the workers running
+    when the parent is killed). Directories in ``cleanup`` are removed when the
+    supervisor exits.
     """
+    import collections
+    import time
+
     children: set[int] = set()
     stopping = False
+    restarts: collections.deque[float] = collections.deque()
 
     def spawn() -> bool:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Until the worker's loop handles it, a SIGHUP must not kill it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             return True
         children.add(pid)
         return False
 
-    def stop(signum, frame) -> None:
-        nonlocal stopping
-        stopping = True
+    def signal_all(signum: int) -> None:
         for pid in list(children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        signal_all(signal.SIGTERM)
+
+    def hup(signum, frame) -> None:
+        if not stopping:
+            signal_all(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
     for _ in range(n):
         if spawn():
             return
     log.info("started %d worker processes", n)
+    status_code = 0
     while children:
         try:
             pid, status = os.wait()
@@ -241,13 +263,34 @@ def _fork_workers(n: int, cleanup: list[str] | None = None) -> None:
             break
         children.discard(pid)
         _metrics_process_dead(pid)
-        if not stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            log.warning("worker %d died (status %d); starting another", pid, status)
-            if spawn():
-                return
+        if stopping or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            continue
+        now = time.monotonic()
+        while restarts and now - restarts[0] > RESTART_WINDOW:
+            restarts.popleft()
+        if len(restarts) >= n:
+            log.error(
+                "worker %d died (status %d); %d workers died within %gs, giving up",
+                pid,
+                status,
+                len(restarts) + 1,
+                RESTART_WINDOW,
+            )
+            stopping = True
+            status_code = 1
+            signal_all(signal.SIGTERM)
+            continue
+        log.warning("worker %d died (status %d); starting another", pid, status)
+        if restarts:  # a little later each time: a worker failing at start does not spin
+            time.sleep(min(1.0, 0.1 * len(restarts)))
+        restarts.append(now)
+        if stopping:  # a signal came during the pause
+            continue
+        if spawn():
+            return
     for path in cleanup or ():
         shutil.rmtree(path, ignore_errors=True)
-    sys.exit(0)
+    sys.exit(status_code)
 
 
 def _quarantine_idle(args: argparse.Namespace) -> float:
@@ -265,6 +308,7 @@ def _serve(args: argparse.Namespace) -> int:
     import tornado.netutil
     import tornado.process
 
+    from .access import AccessFile
     from .app import make_app
     from .limits import SQLiteStore, Throttle
     from .serve import GitHTTPServer, default_max_connections, raise_open_file_limit
@@ -294,6 +338,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gittornado: cannot listen on {args.address or '*'}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    # SIGHUP reloads the access file once the server runs; until then it must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     fd_limit = raise_open_file_limit()
     max_connections = args.max_connections
     if max_connections is None:
@@ -369,8 +415,22 @@ def _serve(args: argparse.Namespace) -> int:
         def on_signal() -> None:
             (hurry if stop.is_set() else stop).set()
 
+        def on_hup() -> None:
+            # SIGHUP: take the access file as it is now, without waiting for the next check.
+            access = app.gate.access
+            if isinstance(access, AccessFile):
+                if access.reload(force=True):
+                    log.info("SIGHUP: reloaded the access file %s", access.path)
+                else:
+                    log.warning(
+                        "SIGHUP: the access file %s did not load; the last good one stays", access.path
+                    )
+            else:
+                log.info("SIGHUP: no access file to reload")
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         server.add_sockets(sockets)
         ports = sorted({s.getsockname()[1] for s in sockets})
         scheme = "https" if ssl_ctx else "http"

@@ -6,7 +6,7 @@ mount point and the TLS lines substituted), so what the README tells admins
 to install is what is tested. The backend is the real ``gittornado`` command.
 A proxy binary that is missing skips its tests with the reason.
 
-``GITTORNADO_PROXY_PUSH_MIB`` sets the size of the big push (default 50: CI time);
+``GITTORNADO_PROXY_PUSH_MIB`` sets the size of the big push (default 200, as the issue asks);
 ``GITTORNADO_PROXY_MEASURE=1`` also times clones through each proxy against direct.
 """
 
@@ -26,7 +26,7 @@ import pytest
 from conftest import git, rev, wait_for, write_access_file
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-PUSH_MIB = int(os.environ.get("GITTORNADO_PROXY_PUSH_MIB", "50"))
+PUSH_MIB = int(os.environ.get("GITTORNADO_PROXY_PUSH_MIB", "200"))
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 APACHE = (
     shutil.which("apache2")
