@@ -469,10 +469,6 @@ class GitRun:
         return self._child is not None
 
     @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child else None
-
-    @property
     def done(self) -> bool:
         """The run is over: git reaped (or never started), pipes closed, audit written."""
         return self._done.done()
@@ -598,16 +594,18 @@ class GitRun:
             finished = threading.Event()
 
             def run() -> None:
+                error: BaseException | None = None
                 try:
                     _SplicePump(self, fd, own, frame, tail, wake_r).run()
                 except BaseException as exc:  # handed to the loop, raised there
-                    loop.call_soon_threadsafe(settle, exc)
-                else:
-                    loop.call_soon_threadsafe(settle, None)
+                    error = exc
                 finally:
+                    # Released before the loop hears of the end, so the coroutine
+                    # never has to wait for the thread (that wait is for cancellation).
                     own.close()
                     os.close(wake_r)
                     finished.set()
+                loop.call_soon_threadsafe(settle, error)
 
             threading.Thread(target=run, name="gittornado-splice", daemon=True).start()
             try:
@@ -669,9 +667,6 @@ class GitRun:
         if self.answer.seen == 0:
             return pktline.error_line(f"{self.service.name} failed on the server (see its log)")
         return self.answer.late_error(f"{self.service.name} died on the server (see its log)") or None
-
-    def late_error(self, message: str) -> bytes:
-        return self.answer.late_error(message)
 
     def peer_gone(self) -> None:
         """The client went away: stop or finish git as the service and input allow."""

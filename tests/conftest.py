@@ -197,8 +197,10 @@ def log_watch(request):
 class ServerThread:
     """A gittornado app served on 127.0.0.1:<ephemeral> from its own loop in a thread."""
 
-    def __init__(self, app, xheaders: bool = False) -> None:
+    def __init__(self, app, xheaders: bool = False, ssl_options=None) -> None:
+        """``ssl_options`` (an ``ssl.SSLContext``) serves HTTPS, and so wss://."""
         self.app = app
+        self._ssl_options = ssl_options
         (sock,) = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         self.port = sock.getsockname()[1]
         self._sock = sock
@@ -212,7 +214,9 @@ class ServerThread:
         async def main():
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            server = tornado.httpserver.HTTPServer(self.app, xheaders=self._xheaders)
+            server = tornado.httpserver.HTTPServer(
+                self.app, xheaders=self._xheaders, ssl_options=self._ssl_options
+            )
             server.add_sockets([self._sock])
             self._ready.set()
             await self._stop.wait()

@@ -10,7 +10,6 @@ with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -25,7 +24,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import tornado.httpserver
 from conftest import AllowAll, ServerThread, git, git_processes, refs, rev, wait_for
 from test_contract import _partial_pack, config_env, ws_env
 
@@ -177,27 +175,6 @@ def open_server(serve):
     return serve(access=AllowAll())
 
 
-class TLSServerThread(ServerThread):
-    """``ServerThread`` serving HTTPS (and so wss://) with ``ssl_ctx``."""
-
-    def __init__(self, app, ssl_ctx: ssl.SSLContext) -> None:
-        self._ssl_ctx = ssl_ctx
-        super().__init__(app)
-
-    def _run(self) -> None:
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            server = tornado.httpserver.HTTPServer(self.app, ssl_options=self._ssl_ctx)
-            server.add_sockets([self._sock])
-            self._ready.set()
-            await self._stop.wait()
-            server.stop()
-            await server.close_all_connections()
-
-        asyncio.run(main())
-
-
 @pytest.fixture
 def tls_server(gitbase, tmp_path):
     """A wss:// server with a self-signed certificate for 127.0.0.1 made here (``.cert``)."""
@@ -230,7 +207,7 @@ def tls_server(gitbase, tmp_path):
     )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
-    server = TLSServerThread(gittornado.make_app(gitbase=str(gitbase), access=AllowAll()), ctx)
+    server = ServerThread(gittornado.make_app(gitbase=str(gitbase), access=AllowAll()), ssl_options=ctx)
     server.cert = cert
     yield server
     server.stop()
