@@ -14,11 +14,13 @@ import tornado.routing
 import tornado.web
 
 from .access import AccessFile
+from .advertcache import AdvertCache
 from .authapi import AuthAPI
 from .dumbhttp import FileHandler
 from .fallback import FallbackHandler, make_fallback
 from .gitqueue import GitProcessLimit, limited
 from .ops import count_request, ops_routes
+from .packcache import PackCache
 from .repos import RepositoryLookup
 from .session import Gate, Throttle
 from .smarthttp import InfoRefsHandler, RPCHandler
@@ -122,6 +124,8 @@ def make_app(
     max_git_processes: int | None = None,
     git_queue: int = 100,
     git_queue_timeout: float = 30.0,
+    pack_cache: PackCache | None = None,
+    advert_cache: AdvertCache | bool | None = True,
     **settings: Any,
 ) -> tornado.web.Application:
     """Build the gittornado ``Application``.
@@ -154,6 +158,11 @@ def make_app(
     :arg max_git_processes: smart-HTTP requests running git at once (None: no cap); the
         excess waits, at most ``git_queue`` of them for ``git_queue_timeout`` seconds,
         then gets 503 with ``Retry-After`` (``gittornado.gitqueue``).
+    :arg pack_cache: a ``PackCache`` (``gittornado.packcache``): identical fetches share
+        one pack-objects run, later ones are served from its file (default None: off).
+    :arg advert_cache: ``info/refs`` and v2 ``ls-refs`` answered from memory while the
+        repository's refs are unchanged (``gittornado.advertcache``): True (default,
+        64 MiB per process), an ``AdvertCache``, or False/None.
     :arg ops: serve ``/-/health`` and ``/-/metrics`` under the prefix (``gittornado.ops``).
     :arg settings: passed to ``tornado.web.Application``.
     """
@@ -189,6 +198,8 @@ def make_app(
         direct_output=direct_output,
         body_idle_timeout=body_idle_timeout,
         send_timeout=send_timeout,
+        pack_cache=pack_cache,
+        advert_cache=AdvertCache() if advert_cache is True else advert_cache or None,
     )
     table = routes(prefix, fallback=fallback, config=config)
     limit = None

@@ -176,8 +176,43 @@ def make_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, time running clones and pushes get to finish before "
         "they are stopped (default 30; a second signal stops them at once)",
     )
+    p.add_argument(
+        "--pack-cache-dir",
+        metavar="DIR",
+        help="where identical fetches share one pack (default: DIR/pack-cache under "
+        "--state-dir, else a temporary directory removed at exit)",
+    )
+    p.add_argument(
+        "--pack-cache-size",
+        type=parse_size,
+        default=parse_size("1G"),
+        metavar="SIZE",
+        help="disk the pack cache may use, e.g. 500M or 2G (default 1G; 0 turns it off)",
+    )
+    p.add_argument("--no-pack-cache", action="store_true", help="same as --pack-cache-size 0")
+    p.add_argument(
+        "--advert-cache-size",
+        type=parse_size,
+        default=parse_size("64M"),
+        metavar="SIZE",
+        help="memory per worker for ref advertisements served while refs are unchanged "
+        "(default 64M; 0 turns it off)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
     return p
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` -> bytes: an integer with an optional K/M/G/T suffix (powers of 1024)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: len(value) - len(unit)].strip()
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 500M or 2G)")
+    return int(number) * _UNITS[unit]
 
 
 def _setup_logging(level: str, processes: int = 1) -> None:
@@ -309,6 +344,7 @@ def _serve(args: argparse.Namespace) -> int:
     import tornado.process
 
     from .access import AccessFile
+    from .advertcache import AdvertCache
     from .app import make_app
     from .limits import SQLiteStore, Throttle
     from .serve import GitHTTPServer, default_max_connections, raise_open_file_limit
@@ -360,6 +396,21 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, sqlite3.Error) as exc:
             print(f"gittornado: cannot use --state-dir {state_dir!r}: {exc}", file=sys.stderr)
             return 2
+    pack_cache = None
+    if args.pack_cache_size and not args.no_pack_cache:
+        from .packcache import PackCache
+
+        cache_dir = args.pack_cache_dir
+        if cache_dir is None and args.state_dir:
+            cache_dir = os.path.join(args.state_dir, "pack-cache")
+        if cache_dir is None:
+            cache_dir = tempfile.mkdtemp(prefix="gittornado-packs-")
+            temporary.append(cache_dir)
+        try:
+            pack_cache = PackCache(cache_dir, max_bytes=args.pack_cache_size)
+        except OSError as exc:
+            print(f"gittornado: cannot use --pack-cache-dir {cache_dir!r}: {exc}", file=sys.stderr)
+            return 2
     # Before any worker exists: quarantines of pushes a crash or kill -9 cut short.
     from .shutdown import remove_stale_quarantines
 
@@ -395,6 +446,8 @@ def _serve(args: argparse.Namespace) -> int:
                 max_git_processes=args.max_git_processes or None,
                 git_queue=args.git_queue,
                 git_queue_timeout=args.git_queue_timeout,
+                pack_cache=pack_cache,
+                advert_cache=AdvertCache(args.advert_cache_size) if args.advert_cache_size else None,
             )
         except ValueError as exc:
             log.error("%s", exc)
@@ -463,7 +516,12 @@ def _serve(args: argparse.Namespace) -> int:
         await drain(server, args.shutdown_grace, hurry)
         log.info("stopped")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if args.processes == 1:  # with workers, the supervisor removes them
+            for path in temporary:
+                shutil.rmtree(path, ignore_errors=True)
     return 0
 
 

@@ -357,6 +357,7 @@ class GitRun:
         output_idle: float | None = None,
         on_abort: Callable[[str], None] | None = None,
         input_fd: int | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         if input_fd is not None and (spool or advertise or input_idle):
             raise ValueError(
@@ -368,7 +369,16 @@ class GitRun:
         self.service = service
         self.protocol = protocol_version(git_protocol)
         repo = session.repo
-        self._argv = git_argv(service, repo.path, stateless=stateless, advertise=advertise, git=git)
+        #: The repository's real directory (caches key on it).
+        self.repo_path = repo.path
+        self._argv = git_argv(
+            service,
+            repo.path,
+            stateless=stateless,
+            advertise=advertise,
+            git=git,
+            options=GIT_OPTIONS + tuple(options),
+        )
         self._env = git_env(
             os.environ,
             user=session.user,

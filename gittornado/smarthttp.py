@@ -81,6 +81,7 @@ class _ServiceHandler(GitHandler):
             input_idle=config.body_idle_timeout or None,
             output_idle=config.send_timeout or None,
             on_abort=self._drop,
+            options=config.git_options(self.service),
         )
 
     def _drop(self, reason: str) -> None:

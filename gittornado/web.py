@@ -100,6 +100,10 @@ class GitConfig:
         come before the request is dropped (None: never).
     :arg send_timeout: seconds a client may take no answer data before git is
         stopped and the connection dropped (None: never).
+    :arg pack_cache: a ``packcache.PackCache``: fetches of the same objects share
+        one pack-objects run and are served from its file (None: off).
+    :arg advert_cache: an ``advertcache.AdvertCache``: ref advertisements served
+        from memory while the repository's refs are unchanged (None: off).
     """
 
     gate: Gate
@@ -110,6 +114,14 @@ class GitConfig:
     direct_output: bool = True
     body_idle_timeout: float | None = 600.0
     send_timeout: float | None = 600.0
+    pack_cache: Any = None
+    advert_cache: Any = None
+
+    def git_options(self, service: Any) -> tuple[str, ...]:
+        """The extra ``-c`` settings a run of ``service`` gets (the pack cache's hook)."""
+        if self.pack_cache is not None and service.subcommand == "upload-pack":
+            return tuple(self.pack_cache.git_options())
+        return ()
 
     @classmethod
     def build(

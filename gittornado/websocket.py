@@ -245,6 +245,7 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
                 input_idle=config.body_idle_timeout or None,
                 output_idle=config.send_timeout or None,
                 on_abort=self._drop,
+                options=config.git_options(self.service),
             )
         except OSError as exc:
             app_log.error("cannot start git %s for %s: %s", self.service.name, self.session.repo.name, exc)
