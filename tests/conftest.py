@@ -22,6 +22,7 @@ import tornado.httpserver
 import tornado.netutil
 
 import gittornado
+from gittornado.serve import GitHTTPServer
 
 FIXTURE_STREAM = """\
 blob
@@ -214,9 +215,8 @@ class ServerThread:
         async def main():
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            server = tornado.httpserver.HTTPServer(
-                self.app, xheaders=self._xheaders, ssl_options=self._ssl_options
-            )
+            # The server the CLI runs (its chunked-body reader included), without its caps.
+            server = GitHTTPServer(self.app, xheaders=self._xheaders, ssl_options=self._ssl_options)
             server.add_sockets([self._sock])
             self._ready.set()
             await self._stop.wait()
