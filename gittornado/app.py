@@ -189,6 +189,10 @@ def make_app(
         fallback = make_fallback(
             gate, repo_lookup, prefix=prefix, realm=realm, index=index, web=web, ssh_url=ssh_url, git=git
         )
+    if advert_cache is True:
+        advert_cache = AdvertCache()
+    elif advert_cache is False:
+        advert_cache = None
     config = GitConfig.build(
         gate=gate,
         realm=realm,
@@ -199,7 +203,7 @@ def make_app(
         body_idle_timeout=body_idle_timeout,
         send_timeout=send_timeout,
         pack_cache=pack_cache,
-        advert_cache=AdvertCache() if advert_cache is True else advert_cache or None,
+        advert_cache=advert_cache,
     )
     table = routes(prefix, fallback=fallback, config=config)
     limit = None

@@ -21,9 +21,10 @@ import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
 from . import pktline
+from .advertcache import Ticket, is_ls_refs, request_key
 from .dumbhttp import send_info_refs
 from .errors import BadRequest, GitAccessError, PayloadTooLarge
-from .gitproc import GitRun, PeerGone
+from .gitproc import GIT_OPTIONS, GitRun, PeerGone
 from .services import READ, WRITE, Service, protocol_version, service_for, valid_git_protocol
 from .session import Session
 from .web import NO_CACHE, GitHandler
@@ -106,13 +107,15 @@ class _ServiceHandler(GitHandler):
             return None
         return stream.socket
 
-    async def _answer(self, content_type: str, preamble: bytes = b"") -> None:
+    async def _answer(self, content_type: str, preamble: bytes = b"", ticket: Ticket | None = None) -> None:
         """Send git's answer; the status waits for git's first bytes (or its end).
 
         Waiting means a git that fails before saying anything still gets a real
         answer: an ``ERR`` pkt-line git shows as ``remote error: ...``. A git
         that fails later gets the run's late error, framed for where its answer
-        stands (ERR or side-band 3).
+        stands (ERR or side-band 3). With a ``ticket`` (an advertisement cache
+        miss) the answer is relayed through Python and kept, and stored if git
+        succeeded.
         """
         run = self.run
         assert run is not None
@@ -123,10 +126,14 @@ class _ServiceHandler(GitHandler):
             await run.output_ready()
             if preamble and not run.output_ended():
                 self.write(preamble)
-            sock = self._splice_socket()
+            else:
+                preamble = b""
+            sock = self._splice_socket() if ticket is None else None
             if sock is not None:
                 await self.flush()
                 await run.splice_into(sock, _chunk_header, b"\r\n")
+            elif ticket is not None:
+                await self._relay_and_store(run, ticket, preamble)
             else:
                 while chunk := await run.read():
                     self.write(chunk)
@@ -145,6 +152,60 @@ class _ServiceHandler(GitHandler):
         except (StreamClosedError, PeerGone):
             run.peer_gone()
             self._abandon()
+
+    # -- the advertisement cache (gittornado.advertcache) ---------------------------------
+    def _advert_cache(self):
+        """The advertisement cache when this request's answer may come from it, else None.
+
+        upload-pack only: receive-pack's advertisement carries ``.have`` lines
+        from the alternates' refs (other repositories, not in the state) and,
+        with push certificates, a nonce that changes with time.
+        """
+        cache = self.config.advert_cache
+        if cache is None or self.service.subcommand != "upload-pack":
+            return None
+        return cache
+
+    def _advert_lookup(self, cache, body: bytes | None) -> tuple[bytes | None, Ticket | None]:
+        """Look this request up (after the gate decided: the cache never answers a refusal)."""
+        request = request_key(
+            self.service.name,
+            self._git_protocol_value,
+            body,
+            self.session.env,
+            self.git,
+            GIT_OPTIONS + self.config.git_options(self.service),
+        )
+        return cache.lookup(self.session.repo.path, request, git=self.git, env=self.session.env)
+
+    def compute_etag(self) -> None:
+        """No ``Etag``: git's answers are ``no-cache``, and hashing a cached one costs a SHA-1."""
+        return None
+
+    def _send_cached(self, content_type: str, answer: bytes) -> None:
+        """A cache hit: the same headers and bytes as git's answer, with a Content-Length."""
+        self.set_header("Content-Type", content_type)
+        for k, v in NO_CACHE.items():
+            self.set_header(k, v)
+        self.finish(answer)
+
+    async def _relay_and_store(self, run: GitRun, ticket: Ticket, preamble: bytes) -> None:
+        """Relay git's answer through Python, and store it if it is whole, successful and not too big."""
+        kept: list[bytes] | None = [preamble]
+        size = len(preamble)
+        limit = self.config.advert_cache.max_entry
+        while chunk := await run.read():
+            self.write(chunk)
+            await self.flush()
+            if kept is not None:
+                size += len(chunk)
+                if size <= limit:
+                    kept.append(chunk)
+                else:
+                    kept = None
+        await run.wait()
+        if kept and len(kept) > 1 and run.result == "ok" and run.trailer() == b"":
+            self.config.advert_cache.store(ticket, b"".join(kept))
 
     def _abandon(self) -> None:
         """End an answer that cannot be completed: the connection goes, the access log says so."""
@@ -180,11 +241,18 @@ class InfoRefsHandler(_ServiceHandler):
         self.service = self._service(service)
         self._git_protocol_value = self._git_protocol()
         self.session = await self.decide(repo, self.service.right)
+        ticket = None
+        cache = self._advert_cache()
+        if cache is not None:
+            answer, ticket = self._advert_lookup(cache, None)
+            if answer is not None:
+                self._send_cached(self.service.advertisement_type, answer)
+                return
         self.run = self._new_run(advertise=True)
         preamble = b""
         if protocol_version(self._git_protocol_value) != 2:
             preamble = pktline.encode(f"# service={self.service.name}\n".encode()) + pktline.FLUSH
-        await self._answer(self.service.advertisement_type, preamble)
+        await self._answer(self.service.advertisement_type, preamble, ticket)
 
 
 @tornado.web.stream_request_body
@@ -256,7 +324,11 @@ class RPCHandler(_ServiceHandler):
         # A fetch request is small and git answers only once it has all of it:
         # the run spools it (checked whole before git starts). A push streams
         # into git as it arrives: it may be gigabytes.
-        self.run = self._new_run(spool=fetch, input_limit=limit)
+        if fetch and protocol_version(self._git_protocol_value) == 2 and self._advert_cache() is not None:
+            # Maybe an ls-refs the advertisement cache answers: held until post() knows.
+            self.run = _HeldRequest(self, limit)
+        else:
+            self.run = self._new_run(spool=fetch, input_limit=limit)
         self._failed = False
 
     async def data_received(self, chunk: bytes) -> None:
@@ -340,5 +412,128 @@ class RPCHandler(_ServiceHandler):
         if self._scanner.pending:
             self._fail(BadRequest("request body ends inside a pkt-line"))
             return
+        ticket = None
+        if isinstance(self.run, _HeldRequest):
+            answered, ticket = await self._ls_refs()
+            if answered:
+                return
         self.run.end_input()
-        await self._answer(self.service.result_type)
+        await self._answer(self.service.result_type, ticket=ticket)
+
+    async def _ls_refs(self) -> tuple[bool, Ticket | None]:
+        """A held v2 request at its end: answer an ``ls-refs`` from the cache, or start git.
+
+        Returns whether the request is answered, and the ticket to store git's
+        answer with on a cacheable miss. ``command=fetch`` is never cached here.
+        """
+        held = self.run
+        assert isinstance(held, _HeldRequest)
+        body = bytes(held.body)
+        held.discard()
+        self.run = None
+        ticket = None
+        cache = self._advert_cache()
+        if cache is not None and is_ls_refs(body):
+            answer, ticket = self._advert_lookup(cache, body)
+            if answer is not None:
+                self._send_cached(self.service.result_type, answer)
+                return True, None
+        try:
+            self.run = held.start_run()
+            await self.run.feed(body)
+        except GitAccessError as exc:
+            self._fail(exc)
+            return True, None
+        return False, ticket
+
+
+#: The most of a held v2 request kept in memory before it becomes a spooled git run.
+_HOLD_LIMIT = 64 * 1024
+_LS_REFS_FIRST = (b"command=ls-refs\n", b"command=ls-refs")
+
+
+class _HeldRequest:
+    """A v2 upload-pack request held in memory until it is known to be an ``ls-refs``.
+
+    Stands in for the handler's ``GitRun`` (``feed``, ``note_request``,
+    ``close``, ``peer_gone``), so the body path is the same. An ``ls-refs``
+    stays here to ``post()``, which answers it from the advertisement cache:
+    no git, no spool file, no audit line for a hit. Anything else (a
+    ``command=fetch``), a body over ``_HOLD_LIMIT`` or over the request limit
+    becomes a spooled ``GitRun`` as soon as it shows, fed what came so far;
+    the handler talks to that run from then on. Until then the body idle
+    timeout is kept here, and a request refused or dropped while held gets
+    the audit line an unstarted run gives.
+    """
+
+    def __init__(self, handler: RPCHandler, limit: int | None) -> None:
+        self.handler = handler
+        self.limit = limit
+        self.body = bytearray()
+        self.first: bytes | None = None
+        self._over = _HOLD_LIMIT if limit is None else min(_HOLD_LIMIT, limit)
+        self._done = False
+        self._idle = handler.config.body_idle_timeout or None
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._timer = loop.call_later(self._idle, self._check_idle) if self._idle else None
+
+    def note_request(self, first: bytes | None) -> None:
+        self.first = first
+
+    async def feed(self, data: bytes) -> bool:
+        self._last = asyncio.get_running_loop().time()
+        self.body += data
+        if len(self.body) > self._over or (self.first is not None and self.first not in _LS_REFS_FIRST):
+            run = self.start_run()
+            self.handler.run = run
+            return await run.feed(bytes(self.body))
+        return True
+
+    def start_run(self) -> GitRun:
+        """The real (spooled) run this request becomes; the caller feeds it the body."""
+        self.discard()
+        run = self.handler._new_run(spool=True, input_limit=self.limit)
+        if self.first is not None:
+            run.note_request(self.first)
+        return run
+
+    def discard(self) -> None:
+        """Done holding: the request was answered, or handed to a run."""
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self, reason: str | None = None) -> None:
+        if self._done:
+            return
+        try:
+            run = self.start_run()
+        except GitAccessError:
+            return
+        self.handler.run = run
+        run.close(reason=reason)
+
+    def peer_gone(self) -> None:
+        self.close()
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last
+        if idle < self._idle:
+            self._timer = loop.call_later(self._idle - idle, self._check_idle)
+            return
+        reason = f"no request data for {idle:.0f}s"
+        app_log.warning(
+            "git %s repo=%s user=%s: %s",
+            self.handler.service.name,
+            self.handler.session.repo.name,
+            self.handler.session.user or "-",
+            reason,
+        )
+        self.close(reason)
+        self.handler._drop(reason)
