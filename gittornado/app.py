@@ -213,7 +213,10 @@ def make_app(
             if rule.target in (InfoRefsHandler, RPCHandler):
                 rule.target = limited(rule.target, limit)
     if ops:  # /-/health, /-/metrics: before the git routes, never a repository
-        table = ops_routes(prefix, gitbase=gitbase, git=git) + table
+        table = (
+            ops_routes(prefix, gitbase=gitbase, git=git, advert_cache=advert_cache, pack_cache=pack_cache)
+            + table
+        )
     if web:  # the code browser's CSS/JS under the server's own /-/ (before ops' catch-all)
         table.insert(
             0,

@@ -12,7 +12,10 @@ balancer or Prometheus can poll a fixed URL whatever repositories exist.
   requests by status, git runs by service, transport and result (the engine's
   own audit verdict), bytes in and out, run durations, running git processes.
   With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` (set by the CLI)
-  makes every worker's numbers add up in whichever worker answers.
+  makes every worker's numbers add up in whichever worker answers. The caches
+  report too: the pack cache's entries and bytes on disk (shared by every
+  worker), and the advertisement cache's hits, misses and size (those of the
+  worker that answers the scrape: each worker has its own).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class _Metrics:
         if not multi:
             self.running.set_function(lambda: len(gitproc.running_runs()))
         self.multi = multi
+        self.caches = _CacheCollector()
+        if not multi:
+            prom.REGISTRY.register(self.caches)
         gitproc.add_run_observer(self.run_ended)
 
     def run_ended(self, run: Any) -> None:
@@ -83,8 +89,48 @@ class _Metrics:
             self.running.set(len(gitproc.running_runs()))
             registry = prom.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            registry.register(self.caches)
             return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
         return prom.generate_latest(), prom.CONTENT_TYPE_LATEST
+
+
+class _CacheCollector:
+    """The caches' own figures, read at scrape time (they keep their own counters)."""
+
+    def __init__(self) -> None:
+        self.advert: Any = None
+        self.pack: Any = None
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        if self.advert is not None:
+            stats = self.advert.stats()
+            for name in ("hits", "misses", "stores", "evictions", "invalidations"):
+                yield CounterMetricFamily(
+                    f"gittornado_advert_cache_{name}",
+                    f"advertisement cache {name} (this worker)",
+                    value=stats[name],
+                )
+            yield GaugeMetricFamily(
+                "gittornado_advert_cache_entries", "advertisements held (this worker)", value=stats["entries"]
+            )
+            yield GaugeMetricFamily(
+                "gittornado_advert_cache_bytes",
+                "bytes the advertisement cache holds (this worker)",
+                value=stats["bytes"],
+            )
+        if self.pack is not None:
+            try:
+                entries, size = self.pack.usage()
+            except OSError:
+                return
+            yield GaugeMetricFamily(
+                "gittornado_pack_cache_entries", "complete packs in the pack cache", value=entries
+            )
+            yield GaugeMetricFamily(
+                "gittornado_pack_cache_bytes", "bytes of the pack cache on disk", value=size
+            )
 
 
 _metrics: _Metrics | None = None
@@ -181,12 +227,19 @@ class _Reserved(tornado.web.RequestHandler):
         raise tornado.web.HTTPError(404)
 
 
-def ops_routes(prefix: str, *, gitbase: str, git: str = "git") -> list:
-    """Routes for ``prefix/-/...``; they go before the git routes. ``prefix`` is validated."""
+def ops_routes(
+    prefix: str, *, gitbase: str, git: str = "git", advert_cache: Any = None, pack_cache: Any = None
+) -> list:
+    """Routes for ``prefix/-/...``; they go before the git routes. ``prefix`` is validated.
+
+    The caches given are the ones ``/-/metrics`` reports (the app's latest).
+    """
     import re
 
     p = re.escape(prefix)
-    _get_metrics()  # collectors exist from the start: the first scrape shows every series
+    metrics = _get_metrics()  # collectors exist from the start: the first scrape shows every series
+    if metrics is not None:
+        metrics.caches.advert, metrics.caches.pack = advert_cache, pack_cache
     return [
         tornado.web.url(p + r"/-/health\Z", HealthHandler, {"health": _Health(gitbase, git)}),
         tornado.web.url(p + r"/-/metrics\Z", MetricsHandler),

@@ -119,3 +119,19 @@ def test_systemd_unit_verifies(tmp_path):
     done = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "gittornado.service" not in done.stderr, done.stderr
+
+
+def test_metrics_report_the_caches(serve, tmp_path):
+    """The advertisement cache's hits and the pack cache's entries show on /-/metrics."""
+    pytest.importorskip("prometheus_client")
+    from gittornado.advertcache import AdvertCache
+    from gittornado.packcache import PackCache
+
+    server = serve(advert_cache=AdvertCache(margin=0), pack_cache=PackCache(str(tmp_path / "packs")))
+    for name in ("c1", "c2"):
+        git("clone", "-q", f"{server.url}/app", str(tmp_path / name))
+    text = get(f"{server.url}/-/metrics")[2]
+    assert sample(text, "gittornado_advert_cache_hits_total") >= 1
+    assert sample(text, "gittornado_advert_cache_entries") >= 1
+    assert sample(text, "gittornado_pack_cache_entries") == 1
+    assert sample(text, "gittornado_pack_cache_bytes") > 0
