@@ -64,6 +64,25 @@ class _Refusal(Exception):
         self.log_message = log_message or message
 
 
+def _size(text: str) -> int:
+    from .cli import parse_size  # only when the option is given: cli imports much more
+
+    return parse_size(text)
+
+
+def _pack_cache_options(args: argparse.Namespace, subcommand: str) -> tuple[str, ...]:
+    """The pack cache's ``-c`` settings for an upload-pack run; none when off or unusable."""
+    if not args.pack_cache_dir or not args.pack_cache_size or subcommand != "upload-pack":
+        return ()
+    from .packcache import PackCache
+
+    try:
+        return PackCache(args.pack_cache_dir, max_bytes=args.pack_cache_size).git_options()
+    except OSError as exc:
+        app_log.warning("pack cache off: cannot use --pack-cache-dir %r: %s", args.pack_cache_dir, exc)
+        return ()
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -96,6 +115,19 @@ def make_parser() -> argparse.ArgumentParser:
         help="serve repositories reached through symlinks (or alternates) that lead outside --gitbase",
     )
     p.add_argument("--git", default="git", help="git executable (default: git on PATH, else /usr/bin/git)")
+    p.add_argument(
+        "--pack-cache-dir",
+        metavar="DIR",
+        help="share packs between identical fetches in DIR (the server's --pack-cache-dir, to share "
+        "its cache; default: off)",
+    )
+    p.add_argument(
+        "--pack-cache-size",
+        type=_size,
+        default=1024**3,
+        metavar="SIZE",
+        help="disk the pack cache may use, e.g. 500M or 2G (default 1G; 0 turns it off)",
+    )
     p.add_argument("--log-file", metavar="FILE", help="append logs (with the audit line) to FILE")
     p.add_argument("--syslog", action="store_true", help="send logs to syslog (/dev/log)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -267,6 +299,7 @@ async def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         stateless=False,
         git=git,
         input_fd=0,
+        options=_pack_cache_options(args, parsed.service.subcommand),
     )
     _detach_stdin()
     loop = asyncio.get_running_loop()
