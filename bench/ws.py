@@ -5,8 +5,12 @@ Targets (issue 8): a clone over ``ws://`` takes at most 1.05x the same clone ove
 HTTP from the same server process, and a 512 MiB push over ``ws://`` keeps the server's
 Python process flat and under 45 MiB, as over HTTP. The repository is the one
 ``bench/run.py`` generates (cached in the same work directory); the clone client is the
-installed ``git-remote-ws`` (the one ``pip install .`` puts next to ``sys.executable``),
-so its start-up is part of the figure, as ``git-remote-http``'s is for HTTP::
+installed ``git-remote-ws`` script (the one ``pip install .`` puts next to
+``sys.executable``), so its start-up is part of the figure, as ``git-remote-http``'s is
+for HTTP, running the same gittornado code as the server (put first on its
+``PYTHONPATH``, whatever version site-packages holds). After the timed clones, a few
+untimed ones measure the CPU each helper process takes per clone (``git-remote-ws``
+against git's own ``git-remote-http``), through a wrapper that waits for it::
 
     python bench/ws.py            # 300 MiB repository, 512 MiB push, 7 reps
     python bench/ws.py --quick    # 30 MiB, 64 MiB push, 5 reps
@@ -15,6 +19,7 @@ so its start-up is part of the figure, as ``git-remote-http``'s is for HTTP::
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -25,7 +30,7 @@ import time
 if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench.common import Env, MiB, default_workdir, log  # noqa: E402
+from bench.common import ROOT_DIR, Env, MiB, default_workdir, log  # noqa: E402
 from bench.fixtures import ensure_repo, repo_summary, write_random_files  # noqa: E402
 from bench.measure import CloneCase, RSSSampler, proc_cpu_seconds, rss_mib, timed_clone  # noqa: E402
 from bench.pushes import FAST, PUSH_PASSWORD, PUSH_USER, RSS_GROWTH_TOL_MIB, RSS_LIMIT_MIB  # noqa: E402
@@ -41,6 +46,66 @@ def helper_dir() -> str:
         if directory and os.access(os.path.join(directory, "git-remote-ws"), os.X_OK):
             return directory
     raise SystemExit("bench/ws.py: git-remote-ws is not installed (pip install -e .)")
+
+
+#: A helper's stand-in: runs the real one (same argv, stdin, stdout) and appends the CPU
+#: seconds that process used itself (utime + stime of its ``/proc/PID/stat``, read while
+#: it is a zombie: its threads, not its children, so not the ``fetch-pack`` that
+#: ``git-remote-http`` runs for v0) to the file named by ``$WS_BENCH_CPU_LOG``.
+_CPU_WRAPPER = """#!{python}
+import os, sys
+real = {real!r}
+pid = os.posix_spawn(real, [real, *sys.argv[1:]], os.environ)
+os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+with open(f"/proc/{{pid}}/stat") as fh:
+    fields = fh.read().rsplit(")", 1)[1].split()
+cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_, status = os.waitpid(pid, 0)
+with open(os.environ["WS_BENCH_CPU_LOG"], "a") as fh:
+    fh.write(f"{{cpu}}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _wrap(path: str, real: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(_CPU_WRAPPER.format(python=sys.executable, real=real))
+    os.chmod(path, 0o755)
+
+
+def helper_cpu_env(env: Env, tmp: str) -> dict[str, str]:
+    """An environment in which both helpers run wrapped: ``git-remote-ws`` first on ``PATH``,
+    ``git-remote-http`` in a copy of git's exec path (symlinks, but for the wrapper)."""
+    wrapped = os.path.join(tmp, "wrapped")
+    bin_dir, exec_dir = os.path.join(wrapped, "bin"), os.path.join(wrapped, "exec")
+    os.makedirs(bin_dir), os.makedirs(exec_dir)
+    _wrap(os.path.join(bin_dir, "git-remote-ws"), os.path.join(helper_dir(), "git-remote-ws"))
+    git_exec = env.out("--exec-path")
+    for name in os.listdir(git_exec):
+        real = os.path.join(git_exec, name)
+        if name == "git-remote-http":
+            _wrap(os.path.join(exec_dir, name), real)
+        else:
+            os.symlink(real, os.path.join(exec_dir, name))
+    return dict(env.env, PATH=bin_dir + os.pathsep + env.env["PATH"], GIT_EXEC_PATH=exec_dir)
+
+
+def helper_cpu(env: Env, cases: list[CloneCase], dest: str, head: str, tmp: str, n: int) -> dict[str, list]:
+    """CPU seconds of the helper process per clone, ``n`` untimed clones per case."""
+    wrapped = Env(env.home)
+    wrapped.env = helper_cpu_env(env, tmp)
+    out: dict[str, list] = {}
+    for case in cases:
+        log_file = os.path.join(tmp, f"cpu-{case.name.replace(' ', '-')}.log")
+        wrapped.env["WS_BENCH_CPU_LOG"] = log_file
+        scratch = CloneCase(case.name, case.url, case.protocol)
+        for _ in range(n):
+            timed_clone(wrapped, scratch, dest, head)
+        with open(log_file) as fh:
+            out[case.name] = [float(line) for line in fh if line.strip()]
+        if len(out[case.name]) != n:
+            raise RuntimeError(f"{case.name}: {len(out[case.name])} helper runs logged for {n} clones")
+    return out
 
 
 def ws_url(server: GitTornado, repo: str, auth: str = "") -> str:
@@ -71,12 +136,17 @@ def run_clones(
             for case in cases[k:] + cases[:k]:
                 case.times.append(timed_clone(env, case, dest, head))
             log(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
+        cpu = {}
+        if args.helper_cpu_reps:
+            log(f"helper CPU (untimed): {args.helper_cpu_reps} clones per case, each helper wrapped")
+            cpu = helper_cpu(env, cases, dest, head, tmp, args.helper_cpu_reps)
     shutil.rmtree(os.path.dirname(dest), ignore_errors=True)
     by = {c.name: c for c in cases}
     raw["clone"] = {
         c.name: {
             "times_s": [round(t, 4) for t in c.times],
             "server_cpu_s": [round(x, 3) for x in c.server_cpu],
+            "helper_cpu_s": [round(x, 3) for x in cpu.get(c.name, [])],
         }
         for c in cases
     }
@@ -93,7 +163,15 @@ def run_clones(
             rows.append(Row(
                 f"server CPU per clone v{proto}, {case.name.split()[0]}", case.server_cpu_per_clone, "s",
                 note=f"median {statistics.median(case.server_cpu):.3f}s; "
-                f"{pack_mib / case.server_cpu_per_clone:.0f} MiB per CPU second",
+                + (f"{pack_mib / case.server_cpu_per_clone:.0f} MiB per CPU second"
+                   if case.server_cpu_per_clone else "under the clock's resolution"),
+            ))  # fmt: skip
+        if cpu:
+            ws_cpu, http_cpu = statistics.median(cpu[ws.name]), statistics.median(cpu[http.name])
+            rows.append(Row(
+                f"helper CPU per clone v{proto}: git-remote-ws vs git-remote-http", ws_cpu, "s", http_cpu,
+                "git-remote-http", ws_cpu / http_cpu if http_cpu else None,
+                note=f"median of {len(cpu[ws.name])} untimed clones each; the helper process alone",
             ))  # fmt: skip
 
 
@@ -159,12 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mib", type=int)
     p.add_argument("--commits", type=int)
     p.add_argument("--reps", type=int)
+    p.add_argument(
+        "--helper-cpu-reps", type=int, default=3, help="untimed clones per case for helper CPU (0: none)"
+    )
     p.add_argument("--push-mib", type=int)
     p.add_argument("--workdir", default=default_workdir())
     p.add_argument("--clone-dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     p.add_argument("--no-clone", action="store_true")
     p.add_argument("--no-push", action="store_true")
     p.add_argument("--regen", action="store_true")
+    p.add_argument(
+        "--server-python-path",
+        default=ROOT_DIR,
+        metavar="DIR",
+        help="run the gittornado package found in DIR, server and helper alike (default: this "
+        "checkout); e.g. an export of an older commit, for before/after figures",
+    )
     p.add_argument("--json", help="results file (default WORKDIR/results/ws.json)")
     args = p.parse_args(argv)
     args.size_mib = args.size_mib or (30 if args.quick else 300)
@@ -176,8 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="ws-run-", dir=args.workdir)
     env = Env(os.path.join(tmp, "home"))
     env.env["PATH"] = helper_dir() + os.pathsep + env.env.get("PATH", "")
-    code = ServerCode(env)
+    if not os.path.isdir(os.path.join(args.server_python_path, "gittornado")):
+        p.error(f"--server-python-path {args.server_python_path}: no gittornado package there")
+    code = ServerCode(env, args.server_python_path)
     code.check()
+    # The helper starts once per clone: from bytecode, as ``pip install`` leaves it (with
+    # PYTHONDONTWRITEBYTECODE=1 a checkout's source would be compiled at every start).
+    compileall.compile_dir(os.path.join(code.path, "gittornado"), quiet=1)
+    env.env["PYTHONPATH"] = code.env["PYTHONPATH"]  # the helper runs the code under test too
     rows: list[Row] = []
     raw: dict = {"loadavg_start": os.getloadavg()}
     try:

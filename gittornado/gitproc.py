@@ -134,9 +134,8 @@ def git_env(
 
 #: Pipe buffer for git's output: fewer wakeups per clone (Linux caps it at pipe-max-size).
 _PIPE_SIZE = 1024 * 1024
-_SPLICE_FLAGS = (
-    getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MORE", 4)
-)
+_SPLICE_MORE = getattr(os, "SPLICE_F_MORE", 4)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) | _SPLICE_MORE
 #: After this much of a multiplexed answer, the rest (the pack) is spliced unseen.
 _BULK_AFTER = 256 * 1024
 #: A frame of the pack waits for at least this much in the pipe...
@@ -1001,7 +1000,9 @@ class _SplicePump:
                 return
             state.feed(data)
             run.op.bytes_out += len(data)
-            self._send(carry + frame(len(data)) + data)
+            # MSG_MORE only while git has more waiting: a last small piece sent
+            # with it sits in the kernel until its 200 ms timer fires.
+            self._send(carry + frame(len(data)) + data, more=_pending(fd) > 0)
             carry = tail
         # The pack: git (2.39) writes it in 8 KiB packets, and a Python step per
         # packet cost 0.3 s of CPU per 300 MiB. So from here the kernel moves
@@ -1018,7 +1019,7 @@ class _SplicePump:
                 if hup:
                     break
                 continue
-            self._send(carry + frame(n))
+            self._send(carry + frame(n), more=True)
             carry = tail
             self._splice(n)
         if carry:
@@ -1027,9 +1028,11 @@ class _SplicePump:
     def _splice(self, n: int) -> None:
         """Move exactly ``n`` bytes that are already in the pipe into the socket."""
         run = self.git_run
+        # SPLICE_F_MORE only when git already wrote more than this frame (see _send).
+        flags = _SPLICE_FLAGS if _pending(self.fd) > n else _SPLICE_FLAGS & ~_SPLICE_MORE
         while n:
             try:
-                moved = os.splice(self.fd, self.sfd, n, flags=_SPLICE_FLAGS)
+                moved = os.splice(self.fd, self.sfd, n, flags=flags)
             except BlockingIOError:
                 self._wait(sock=True)
                 continue
@@ -1039,11 +1042,12 @@ class _SplicePump:
             run.answer.skipped_unseen(moved)
             run.op.bytes_out += moved
 
-    def _send(self, data: bytes | bytearray) -> None:
+    def _send(self, data: bytes | bytearray, more: bool = False) -> None:
         view = memoryview(data)
+        flags = socket.MSG_MORE if more else 0
         while view:
             try:
-                view = view[self.sock.send(view, socket.MSG_MORE) :]
+                view = view[self.sock.send(view, flags) :]
             except BlockingIOError:
                 self._wait(sock=True)
 

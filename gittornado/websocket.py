@@ -27,11 +27,12 @@ full-duplex wire instead of request/response pairs: the bytes are those of
 
 Backpressure both ways: ``on_message`` is a coroutine that returns once git's
 pipe took the frame, and Tornado reads no further frame until it has. git's
-output goes out as it does over plain HTTP: on a plain socket the engine
-splices it from git's pipe into the socket, one binary frame per piece (the
-Python process spends as little CPU per clone as for HTTP); over TLS it is
-relayed, read from git only once the previous frame was flushed. While the
-kernel writes, whatever Tornado itself would write (a pong, a close frame) is
+output goes out as it does over plain HTTP: on a plain socket, once the pack
+flows, the engine splices it from git's pipe into the socket, one binary frame
+per piece (the Python process spends as little CPU per clone as for HTTP); the
+small answers before it, and everything over TLS, are relayed through Tornado,
+read from git only once the previous frame was flushed. While the kernel
+writes, whatever Tornado itself would write (a pong, a close frame) is
 held and sent between two frames. Compression is off (packs are compressed
 already, and a deflated frame's size says nothing about the memory it takes).
 Pings keep idle proxies from cutting a long pack generation (git's own
@@ -58,7 +59,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from . import pktline
 from .errors import BadRequest, GitAccessError
-from .gitproc import GitRun, PeerGone
+from .gitproc import _BULK_AFTER, GitRun, PeerGone
 from .services import READ, Service, service_for, valid_git_protocol
 from .session import Session
 from .web import GitHandler
@@ -289,10 +290,15 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
         """git's output -> binary frames; when it ends, close with git's outcome."""
         try:
             sock = self._splice_socket()
-            if sock is not None:
-                await self._splice_output(run, sock)
-            else:
+            # The small answers before the pack go through Tornado even on a plain
+            # socket: the splice pump sends with MSG_MORE, and a last piece corked
+            # with nothing else in flight waits for the kernel's 200 ms probe timer
+            # (one stall per round trip: the advertisement, ls-refs, acknowledgments).
+            # Once the pack flows, ACKs release what is corked.
+            if sock is None:
                 await self._relay_output(run)
+            elif await self._relay_output(run, until_pack=True):
+                await self._splice_output(run, sock)
             status = await run.wait()
             trailer = run.trailer()
             if trailer:
@@ -310,18 +316,30 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
         else:
             self._end(CLOSE_OK, "")
 
-    async def _relay_output(self, run: GitRun) -> None:
+    async def _relay_output(self, run: GitRun, until_pack: bool = False) -> bool:
+        """git's output -> frames through Tornado; with ``until_pack`` only until the
+        pack flows (where the splice pump takes over: it passes the same first
+        ``_BULK_AFTER`` bytes through Python). True if output is left, once all
+        that was written here is flushed."""
         # One frame in flight while the next is read from git: the socket never
         # waits for a Python step, and at most two frames are buffered.
         flushed = None
-        while chunk := await run.read(_OUT_FRAME):
+        state = run.answer
+        more = False
+        while not (until_pack and state.sideband and state.seen >= _BULK_AFTER):
+            chunk = await run.read(_OUT_FRAME)
+            if not chunk:
+                break
             sent = self.write_message(chunk, binary=True)
             sent.add_done_callback(_retrieve)  # its failure is the previous one's too
             if flushed is not None:
                 await flushed
             flushed = sent
+        else:
+            more = True
         if flushed is not None:
             await flushed
+        return more
 
     def _splice_socket(self) -> socket.socket | None:
         """The plain socket git's output may be spliced into, or None to relay (TLS)."""

@@ -11,6 +11,7 @@ with a deadline.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import os
@@ -20,7 +21,11 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import tarfile
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +33,7 @@ from conftest import AllowAll, ServerThread, git, git_processes, refs, rev, wait
 from test_contract import _partial_pack, config_env, ws_env
 
 import gittornado
-from gittornado import pktline
+from gittornado import pktline, remote_helper
 
 # -- a raw client --------------------------------------------------------------------------
 
@@ -554,6 +559,25 @@ def test_ping_during_a_clone_is_answered_between_frames(serve, big_repo, direct)
     assert hashlib.sha1(pack[:-20]).digest() == pack[-20:], "the pack arrived corrupted"
 
 
+def test_small_answers_are_not_held_back(open_server):
+    """Each answer of a v2 session (the capability advertisement, ls-refs) reaches the
+    client at once: nothing of it waits in the kernel for more (a piece sent with
+    ``MSG_MORE`` and nothing else in flight waits for the 200 ms probe timer). The
+    fastest of several round trips is taken, so a loaded machine does not fail this."""
+    ws = RawWebSocket(open_server.port, "/app/git-upload-pack", {"Git-Protocol": "version=2"})
+    assert ws.status == 101
+    start = time.monotonic()
+    assert b"version 2" in ws.read_until(pktline.FLUSH)
+    times = [time.monotonic() - start]
+    for _ in range(5):
+        start = time.monotonic()
+        ws.send(pktline.encode(b"command=ls-refs\n") + pktline.DELIM + pktline.FLUSH)
+        assert b"refs/heads/main" in ws.read_until(pktline.FLUSH)
+        times.append(time.monotonic() - start)
+    ws.close()
+    assert min(times) < 0.15, times
+
+
 @pytest.mark.parametrize("direct", [True, False], ids=["spliced", "relayed"])
 def test_client_that_stops_reading_is_dropped(serve, big_repo, log_watch, direct):
     """Output backpressure: git's answer is read only as fast as the socket drains, and a
@@ -588,3 +612,298 @@ def test_submodule_fetches_need_protocol_ws_allow(open_server):
     assert refused.returncode != 0 and b"transport 'ws' not allowed" in refused.stderr, refused.stderr
     allowed = git("-c", "protocol.allow=user", "-c", "protocol.ws.allow=always", "ls-remote", url, env=env)
     assert b"refs/heads/main" in allowed.stdout
+
+
+# -- the helper's plain ws:// reader: frames by hand, payloads spliced into git's pipe ---------
+
+
+def _server_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, length_form: int = 0) -> bytes:
+    """An unmasked frame as a server sends it; ``length_form`` 126/127 forces a longer length."""
+    n = len(payload)
+    form = length_form or (n if n < 126 else 126 if n < 65536 else 127)
+    header = bytes([(0x80 if fin else 0) | opcode, form])
+    if form == 126:
+        header += struct.pack("!H", n)
+    elif form == 127:
+        header += struct.pack("!Q", n)
+    return header + payload
+
+
+def _close_frame(code: int, reason: str = "") -> bytes:
+    return _server_frame(8, struct.pack("!H", code) + reason.encode())
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(client, server): two ends of a loopback TCP connection, as the helper has."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def _client_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """The helper's frames as the server reads them (unmasked), up to its close frame or EOF."""
+    frames, buf = [], b""
+
+    def read(n: int) -> bytes:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        data, buf = buf[:n], buf[n:]
+        return data
+
+    try:
+        while True:
+            b0, b1 = read(2)
+            assert b1 & 0x80, "a client frame must be masked"
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", read(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", read(8))[0]
+            key = read(4)
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(read(n)))
+            frames.append((b0 & 0x0F, payload))
+            if b0 & 0x0F == 8:
+                return frames
+    except (EOFError, ConnectionResetError):
+        return frames
+
+
+class _Drain(threading.Thread):
+    """Reads ``fd`` (git's end of the helper's output) to its end."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.data = fd, bytearray()
+        self.start()
+
+    def run(self) -> None:
+        while chunk := os.read(self.fd, 65536):
+            self.data += chunk
+        os.close(self.fd)
+
+
+class _Pump(threading.Thread):
+    """``_Plain.pump`` on a thread; ``error`` is what it raised."""
+
+    def __init__(self, conn, out: int) -> None:
+        super().__init__(daemon=True)
+        self.conn, self.out, self.error = conn, out, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.conn.pump(self.out)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            os.close(self.out)
+
+
+def _unread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _mixed_stream() -> tuple[bytes, bytes]:
+    """Every kind of frame the reader must handle, and the bytes git must get from them."""
+    frames = [
+        (_server_frame(2, b"0008NAK\n"), b"0008NAK\n"),
+        (_server_frame(9, b"p1"), b""),
+        (_server_frame(2, b""), b""),
+        (_server_frame(2, b"a" * 300), b"a" * 300),  # 16-bit length
+        (_server_frame(2, b"b" * 20, length_form=127), b"b" * 20),  # 64-bit length
+        (_server_frame(2, b"frag-1/", fin=False), b"frag-1/"),  # a fragmented message ...
+        (_server_frame(9, b"p2"), b""),  # ... with a ping inside it
+        (_server_frame(0, b"frag-2/", fin=False), b"frag-2/"),
+        (_server_frame(0, b"frag-3"), b"frag-3"),
+        (_server_frame(10, b"unasked"), b""),  # a pong nobody asked for is ignored
+        (_close_frame(1000, "bye"), b""),
+    ]
+    return b"".join(f for f, _ in frames), b"".join(d for _, d in frames)
+
+
+@pytest.mark.parametrize("buffered", [None, 0, 1, 5, 12, 200, -1], ids=lambda b: f"buffered-{b}")
+def test_plain_reader_takes_frames_split_anywhere(buffered):
+    """Frames split at every byte boundary (each byte taken before the next is sent), or
+    the first ``buffered`` bytes already read by the handshake (-1: all of them)."""
+    stream, expected = _mixed_stream()
+    head = b"" if buffered is None else stream if buffered == -1 else stream[:buffered]
+    client, server = _tcp_pair()
+    conn = remote_helper._Plain(client, head)
+    r, w = os.pipe()
+    drain, pump = _Drain(r), _Pump(conn, w)
+    rest = stream[len(head) :]
+    if buffered is None:
+        for i in range(len(rest)):
+            server.sendall(rest[i : i + 1])
+            wait_for(lambda: _unread(client) == 0, interval=0.0002, message=f"byte {i} to be taken")
+    else:
+        server.sendall(rest)
+    pump.join(15)
+    assert not pump.is_alive() and pump.error is None, pump.error
+    drain.join(15)
+    assert bytes(drain.data) == expected
+    assert (conn.close_code, conn.close_reason) == (1000, "bye")
+    conn.sender.finish(5.0)
+    client.close()
+    answers = _client_frames(server)
+    server.close()
+    # Pongs echo their pings; the close echoes the code and is the last frame.
+    assert answers == [(10, b"p1"), (10, b"p2"), (8, struct.pack("!H", 1000))], answers
+
+
+@pytest.mark.parametrize("out", ["pipe", "socket"])
+def test_plain_reader_moves_frames_larger_than_the_pipe(out):
+    """A 3 MiB frame into a 64 KiB pipe (git reads slower than the socket fills), a ping
+    between two frames of a pack; into something that is no pipe the payload is copied."""
+    pack = os.urandom(5 * 1024 * 1024)
+    cut = 3 * 1024 * 1024
+    stream = _server_frame(2, pack[:cut]) + _server_frame(9, b"mid-pack") + _server_frame(2, pack[cut:])
+    stream += _close_frame(1000)
+    client, server = _tcp_pair()
+    conn = remote_helper._Plain(client, b"")
+    if out == "pipe":
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 65536)
+    else:
+        a, b = socket.socketpair()
+        r, w = os.dup(a.fileno()), os.dup(b.fileno())
+        a.close(), b.close()
+    drain, pump = _Drain(r), _Pump(conn, w)
+    sender = threading.Thread(target=server.sendall, args=(stream,), daemon=True)
+    sender.start()
+    pump.join(60)
+    assert not pump.is_alive() and pump.error is None, pump.error
+    drain.join(60)
+    sender.join(5)
+    assert hashlib.sha1(drain.data).digest() == hashlib.sha1(pack).digest(), "the pack arrived corrupted"
+    assert conn.received == len(pack)
+    assert conn._splice is (out == "pipe")  # spliced into a pipe, copied otherwise
+    conn.sender.finish(5.0)
+    client.close()
+    assert _client_frames(server) == [(10, b"mid-pack"), (8, struct.pack("!H", 1000))]
+    server.close()
+
+
+def test_plain_reader_refuses_what_breaks_the_protocol():
+    for bad, code, words in (
+        (_server_frame(1, b"text"), 4400, "text frame"),
+        (b"\x82\x81abcdx", 1002, "masked"),
+        (_server_frame(0, b"orphan"), 1002, "fragmented message"),
+        (_server_frame(2, b"x", fin=False) + _server_frame(2, b"y"), 1002, "fragmented message"),
+        (_server_frame(9, b"p" * 126), 1002, "control frame"),
+        (bytes([0xC2, 0]), 1002, "reserved bits"),
+        (_server_frame(3), 1002, "unknown opcode"),
+    ):
+        client, server = _tcp_pair()
+        conn = remote_helper._Plain(client, bad)
+        r, w = os.pipe()
+        drain, pump = _Drain(r), _Pump(conn, w)
+        pump.join(15)
+        drain.join(15)
+        assert isinstance(pump.error, remote_helper._ProtocolError), (bad, pump.error)
+        assert pump.error.code == code and words in str(pump.error), (bad, pump.error)
+        client.close(), server.close()
+
+
+class _FakeWSServer(threading.Thread):
+    """Accepts one ws:// upgrade, answers 101 and ``script`` in the same write (so the
+    helper's handshake reads past the headers), then records the helper's frames."""
+
+    def __init__(self, script: bytes, *, hang_up: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.script, self.hang_up = script, hang_up
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.request = b""
+        self.frames: list[tuple[int, bytes]] = []
+        self.start()
+
+    def run(self) -> None:
+        sock, _ = self.listener.accept()
+        self.listener.close()
+        with sock:
+            while b"\r\n\r\n" not in self.request:
+                self.request += sock.recv(65536)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", self.request)[1]
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.script
+            )
+            if not self.hang_up:
+                self.frames = _client_frames(sock)
+
+
+def _this_checkout() -> dict[str, str]:
+    """``PYTHONPATH`` that makes the installed ``git-remote-ws`` run this checkout's code."""
+    root = str(Path(gittornado.__file__).resolve().parent.parent)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
+def _helper(port: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The checkout's helper, as git runs it, asked to connect upload-pack."""
+    env = {**os.environ, **_this_checkout(), "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "gittornado.remote_helper", "origin", f"ws://127.0.0.1:{port}/app"],
+        input=b"connect git-upload-pack\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_helper_shows_a_close_reason_that_comes_mid_pack(tmp_path):
+    """The server closes inside a pack (a ping before it): what came reached git, the
+    reason is one fatal line, and the helper answered the ping and echoed the close."""
+    data = os.urandom(300 * 1024)
+    script = _server_frame(2, data[:1000]) + _server_frame(9, b"still there?") + _server_frame(2, data[1000:])
+    fake = _FakeWSServer(script + _close_frame(4500, "git-upload-pack died on the server"))
+    proc = _helper(fake.port, tmp_path)
+    fake.join(30)
+    assert proc.stdout == b"\n" + data
+    lines = proc.stderr.decode().splitlines()
+    assert lines == ["fatal: git-upload-pack died on the server (websocket close 4500)"], lines
+    assert proc.returncode == 128
+    assert b"GET /app/git-upload-pack HTTP/1.1\r\n" in fake.request
+    assert (10, b"still there?") in fake.frames
+    assert fake.frames[-1] == (8, struct.pack("!H", 4500)), fake.frames
+
+
+def test_helper_refuses_a_text_frame_with_one_line(tmp_path):
+    fake = _FakeWSServer(_server_frame(2, b"0008NAK\n") + _server_frame(1, b"hello"))
+    proc = _helper(fake.port, tmp_path)
+    fake.join(30)
+    assert proc.stdout == b"\n0008NAK\n"
+    lines = proc.stderr.decode().splitlines()
+    assert lines == ["fatal: protocol error: the server sent a text frame"], lines
+    assert proc.returncode == 128
+    code = fake.frames[-1][1][:2] if fake.frames and fake.frames[-1][0] == 8 else None
+    assert code == struct.pack("!H", 4400), fake.frames
+
+
+def test_helper_says_when_the_connection_is_lost_inside_a_frame(tmp_path):
+    fake = _FakeWSServer(_server_frame(2, b"0008NAK\n") + _server_frame(2, b"x" * 1000)[:500], hang_up=True)
+    proc = _helper(fake.port, tmp_path)
+    fake.join(30)
+    assert proc.stdout.startswith(b"\n0008NAK\n")
+    lines = proc.stderr.decode().splitlines()
+    assert lines == [f"fatal: the connection to 'ws://127.0.0.1:{fake.port}/app' was lost"], lines
+    assert proc.returncode == 128
+
+
+def test_clone_with_pings_inside_the_pack(serve, big_repo, tmp_path):
+    """Real git over the spliced path while the server pings every few milliseconds:
+    the pings land between the pack's frames, are answered, and the pack is whole."""
+    server = serve(access=AllowAll(), websocket_ping_interval=0.002)
+    dest = tmp_path / "clone.git"
+    env = {**ws_env(), **_this_checkout(), "GITTORNADO_WS_DEBUG": "1"}
+    proc = git("clone", "--bare", "-q", _ws(server, "big"), str(dest), env=env)
+    answered = [int(n) for n in re.findall(rb"ping after (\d+) bytes: answered", proc.stderr)]
+    assert any(0 < n < 8 * 1024 * 1024 for n in answered), proc.stderr.decode(errors="replace")[-2000:]
+    git("--git-dir", str(dest), "fsck", "--strict")
+    assert rev(dest, "main") == rev(big_repo, "main")
