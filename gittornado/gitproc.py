@@ -12,7 +12,6 @@ the audit line. argv and env are built by pure functions.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import fcntl
 import logging
@@ -185,77 +184,10 @@ class Operation:
     started: float = field(default_factory=time.monotonic)
 
 
-#: Threads that finish big writes into git's stdin (one per push being written at once).
-_INPUT_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="git-input")
-
-
-class _InputPipe:
-    """git's stdin: what fits is written at once, the rest by one blocking write in a thread.
-
-    Written from the loop, a MiB of push costs a wakeup and a write per page
-    git reads (thousands per pushed MiB, the largest part of the gateway's CPU
-    per push); a blocking ``write()`` in a thread takes it in one system call.
-    The loop never blocks: it only writes with ``O_NONBLOCK`` set, and leaves
-    the descriptor alone while a thread write is in flight. ``close()`` then
-    waits for that write to end (git reads on, or exits, or is stopped).
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-        self._busy = False
-        self._close_after = False
-        os.set_blocking(fd, False)
-
-    def closed(self) -> bool:
-        return self._fd is None or self._close_after
-
-    async def write(self, data: bytes | memoryview) -> None:
-        fd = self._fd
-        if fd is None or self._close_after:
-            raise StreamClosedError()
-        view = memoryview(data)
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            pass
-        except (BrokenPipeError, OSError):
-            self.close()
-            raise StreamClosedError() from None
-        if not len(view):
-            return
-        self._busy = True
-        try:
-            await asyncio.get_running_loop().run_in_executor(_INPUT_WRITERS, self._write_all, fd, view)
-        except OSError:
-            raise StreamClosedError() from None
-        finally:
-            self._busy = False
-            if self._close_after:
-                self._close_after = False
-                self.close()
-
-    @staticmethod
-    def _write_all(fd: int, view: memoryview) -> None:
-        os.set_blocking(fd, True)
-        try:
-            while len(view):
-                view = view[os.write(fd, view) :]
-        finally:
-            os.set_blocking(fd, False)
-
-    def close(self) -> None:
-        if self._busy:
-            self._close_after = True
-            return
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
 @dataclass
 class _Child:
     proc: subprocess.Popen
-    stdin: _InputPipe | None
+    stdin: PipeIOStream | None
     stdout: int | None  #: raw non-blocking fd (read or spliced by GitRun)
     stderr: PipeIOStream | None
 
@@ -319,7 +251,7 @@ def _spawn(
         os.set_blocking(out, False)
     return _Child(
         proc,
-        _InputPipe(parent_ends["stdin"]) if "stdin" in parent_ends else None,
+        PipeIOStream(parent_ends["stdin"]) if "stdin" in parent_ends else None,
         out,
         PipeIOStream(parent_ends["stderr"]) if "stderr" in parent_ends else None,
     )
