@@ -171,3 +171,92 @@ def write_random_files(directory: str, total: int, chunk: int = 64 * MiB) -> Non
                 fh.write(os.urandom(min(8 * MiB, n - off)))
         total -= n
         i += 1
+
+
+def _one_commit_repo(env: Env, path: str) -> str:
+    """A bare repository without template files holding one small commit on ``main``; its id."""
+    env.git("init", "-q", "--bare", "--template=", "--initial-branch=main", path)
+    stream = (
+        b"commit refs/heads/main\n"
+        b"committer Bench Committer <committer@example.invalid> 1600000000 +0000\n"
+        b"data 5\nsmall\n"
+        b"M 100644 inline README\ndata 6\nhello\n\n"
+        b"done\n"
+    )
+    env.git("-C", path, "fast-import", "--quiet", "--done", input=stream)
+    env.git("-C", path, "symbolic-ref", "HEAD", "refs/heads/main")
+    return env.out("--git-dir", path, "rev-parse", "refs/heads/main")
+
+
+def _cached(path: str, want: dict) -> bool:
+    try:
+        with open(os.path.join(path, "bench-stamp.json")) as fh:
+            return json.load(fh) == want
+    except (OSError, ValueError):
+        return False
+
+
+def _stamp(path: str, want: dict) -> None:
+    with open(os.path.join(path, "bench-stamp.json"), "w") as fh:
+        json.dump(want, fh)
+
+
+def ensure_refs_repo(env: Env, workdir: str, refs: int) -> str:
+    """``workdir/repos/refs-N.git``: one commit and ``refs`` branches on it, all packed (cached)."""
+    path = os.path.join(workdir, "repos", f"refs-{refs}.git")
+    want = {"recipe": 1, "refs": refs}
+    if _cached(path, want):
+        return path
+    log(f"creating a repository with {refs:,} refs (once; cached) ...")
+    t = time.perf_counter()
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    oid = _one_commit_repo(env, tmp)
+    # main plus refs-1 more: half branches, half tags (both are advertised).
+    lines = [
+        f"create refs/{'heads/feature' if i % 2 else 'tags/release'}/{i:06d} {oid}\n" for i in range(1, refs)
+    ]
+    env.git("-C", tmp, "update-ref", "--stdin", input="".join(lines).encode())
+    env.git("-C", tmp, "pack-refs", "--all")
+    got = len(env.out("--git-dir", tmp, "for-each-ref", "--format=x").splitlines())
+    if got != refs:
+        raise RuntimeError(f"{tmp}: {got} refs, wanted {refs}")
+    _stamp(tmp, want)
+    shutil.rmtree(path, ignore_errors=True)
+    os.rename(tmp, path)
+    log(f"created in {time.perf_counter() - t:.1f}s")
+    return path
+
+
+def ensure_many_repos(env: Env, workdir: str, count: int) -> str:
+    """``workdir/repos/index-N/``: ``count`` tiny bare repositories (one commit each, hard links)."""
+    root = os.path.join(workdir, "repos", f"index-{count}")
+    want = {"recipe": 1, "repos": count}
+    if _cached(root, want):
+        return root
+    log(f"creating {count:,} tiny repositories (once; cached) ...")
+    t = time.perf_counter()
+    tmp = root + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    template = os.path.join(tmp, ".template.git")  # a dot name: the index does not list it
+    _one_commit_repo(env, template)
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(template):
+        rel = os.path.relpath(dirpath, template)
+        dirs += [os.path.normpath(os.path.join(rel, d)) for d in dirnames]
+        files += [os.path.normpath(os.path.join(rel, f)) for f in filenames]
+    for i in range(count):
+        repo = os.path.join(tmp, f"repo-{i:05d}.git")
+        os.mkdir(repo)
+        for d in dirs:
+            os.mkdir(os.path.join(repo, d))
+        for f in files:
+            os.link(os.path.join(template, f), os.path.join(repo, f))
+    shutil.rmtree(template)
+    _stamp(tmp, want)
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+    log(f"created in {time.perf_counter() - t:.1f}s")
+    return root

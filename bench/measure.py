@@ -3,7 +3,12 @@
 * CPU of a process: utime + stime of ``/proc/PID/stat`` (that process only; its waited-for
   children's time is in cutime/cstime, which are not counted), read before and after;
 * CPU of the machine: the non-idle jiffies of ``/proc/stat`` (client, server and git together);
-* memory: VmRSS of ``/proc/PID/status`` sampled by a thread every 20 ms, and VmHWM.
+* memory: VmRSS of ``/proc/PID/status`` sampled by a thread every 20 ms, and VmHWM;
+* CPU of a process tree (a server and the git it runs): every live process's utime + stime +
+  cutime + cstime, summed over the tree (:func:`tree_cpu_seconds`); a child that exited and was
+  reaped is in its parent's cutime/cstime, a live one in its own fields, so the sum counts
+  each CPU second once and only grows. :class:`TreeSampler` also keeps each process's own
+  time by name, to split a gateway's CPU from the git it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.common import Env
@@ -47,6 +53,132 @@ def proc_user_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / _CLK_TCK
+
+
+@dataclass
+class ProcStat:
+    """One ``/proc/PID/stat`` reading (times in seconds)."""
+
+    pid: int
+    comm: str
+    ppid: int
+    start: int  #: starttime in ticks since boot: (pid, start) names one process
+    utime: float
+    stime: float
+    cutime: float
+    cstime: float
+
+    @property
+    def own(self) -> float:
+        return self.utime + self.stime
+
+    @property
+    def total(self) -> float:
+        """Its own time plus its reaped children's."""
+        return self.utime + self.stime + self.cutime + self.cstime
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    head, rest = data.rsplit(")", 1)
+    comm = head.split("(", 1)[1]
+    f = rest.split()  # f[0] is field 3 (state)
+    t = _CLK_TCK
+    return ProcStat(
+        pid, comm, int(f[1]), int(f[19]),
+        int(f[11]) / t, int(f[12]) / t, int(f[13]) / t, int(f[14]) / t,
+    )  # fmt: skip
+
+
+def process_tree(roots: list[int]) -> list[ProcStat]:
+    """``roots`` and all their live descendants (one scan of ``/proc``)."""
+    stats: dict[int, ProcStat] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = read_stat(int(name))
+            if st is not None:
+                stats[st.pid] = st
+    kids: dict[int, list[int]] = {}
+    for st in stats.values():
+        kids.setdefault(st.ppid, []).append(st.pid)
+    out: list[ProcStat] = []
+    todo = [r for r in roots if r in stats]
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        out.append(stats[pid])
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds of ``roots`` and everything they ran: live processes' utime+stime+cutime+cstime."""
+    return sum(st.total for st in process_tree(roots))
+
+
+def wait_tree_quiet(roots: list[int], keep: int, timeout: float = 10.0) -> int:
+    """Wait until at most ``keep`` processes are left in the tree (children reaped); the count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = len(process_tree(roots))
+        if n <= keep or time.monotonic() > deadline:
+            return n
+        time.sleep(0.02)
+
+
+class TreeSampler(threading.Thread):
+    """Samples a process tree every ``interval`` s: each process's last ``ProcStat`` by (pid, start).
+
+    After its ``with`` block, :meth:`own_by` adds up the own CPU (utime+stime) of the processes
+    that match a predicate: the processes alive at the start count from their first
+    reading, the others from zero; a process's CPU after its last reading is lost (at most
+    one interval of it).
+    """
+
+    def __init__(self, roots: list[int], interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.interval = roots, interval
+        self.first: dict[tuple[int, int], ProcStat] = {}
+        self.last: dict[tuple[int, int], ProcStat] = {}
+        self.samples = 0
+        self._halt = threading.Event()
+        self._sample()  # the processes alive at the start, before anything happens
+        self.initial = set(self.first)
+
+    def _sample(self) -> None:
+        for st in process_tree(self.roots):
+            key = (st.pid, st.start)
+            self.first.setdefault(key, st)
+            self.last[key] = st
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TreeSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self.join()
+        self._sample()
+
+    def own_by(self, pred: Callable[[ProcStat], bool]) -> float:
+        """Own CPU seconds (utime+stime) spent during the sampling by the processes ``pred`` picks."""
+        total = 0.0
+        for key, last in self.last.items():
+            if pred(last):
+                total += last.own - (self.first[key].own if key in self.initial else 0.0)
+        return total
 
 
 def machine_busy_seconds() -> float:

@@ -24,6 +24,10 @@ class Row:
         def num(v: float | None, unit: str) -> str:
             if v is None:
                 return "-"
+            if isinstance(v, int):
+                return f"{v} {unit}"
+            if unit == "ms" and v < 10:
+                return f"{v:.2f} {unit}"
             return f"{v:.3f} {unit}" if unit == "s" else f"{v:.1f} {unit}"
 
         ref = num(self.reference, self.unit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -126,8 +127,16 @@ class ServerCode:
 class GitTornado:
     """A ``python -m gittornado`` server subprocess on 127.0.0.1, port chosen by the kernel."""
 
-    def __init__(self, code: ServerCode, gitbase: str, logfile: str, accessfile: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ServerCode,
+        gitbase: str,
+        logfile: str,
+        accessfile: str | None = None,
+        extra: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.code, self.logfile, self.accessfile = code, logfile, accessfile
+        self.extra = list(extra)  #: more command line options (cache settings, say)
         self.gitbase = os.path.abspath(gitbase)
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -136,7 +145,9 @@ class GitTornado:
         argv = [*self.code.argv(), "--port", "0", "--address", "127.0.0.1", "--gitbase", self.gitbase]
         if self.accessfile:
             argv += ["--accessfile", self.accessfile]
+        argv += self.extra
         self._log = open(self.logfile, "ab")  # closed in __exit__
+        self._log_start = self._log.tell()  # a reused log file: read only this run's lines
         self.proc = subprocess.Popen(
             argv,
             env=self.code.env,
@@ -159,6 +170,7 @@ class GitTornado:
         assert self.proc is not None
         while time.monotonic() < deadline:
             with open(self.logfile, "rb") as fh:
+                fh.seek(self._log_start)
                 m = pat.search(fh.read())
             if m:
                 return int(m.group(1))
@@ -191,7 +203,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    access_log {access_log};
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;
@@ -289,8 +301,22 @@ def ensure_peer_tools(install: bool) -> tuple[bool, str]:
 class Peer:
     """``git http-backend`` via fcgiwrap behind nginx, all on 127.0.0.1 under a temp dir."""
 
-    def __init__(self, env: Env, project_root: str, workdir: str) -> None:
+    def __init__(
+        self,
+        env: Env,
+        project_root: str,
+        workdir: str,
+        children: int = 1,
+        account: bool = False,
+        access_log: bool = False,
+    ) -> None:
         self.env, self.root, self.dir = env, project_root, workdir
+        self.children = children  #: fcgiwrap processes (-c): requests it serves at once
+        #: run http-backend under a ``sh`` wrapper that logs its CPU (see :meth:`cpu_seconds`)
+        self.account = account
+        self.times_log = os.path.join(workdir, "backend-times.log")
+        #: nginx writes an access log line per request (as gittornado does by default)
+        self.access_log = access_log
         self.fcgi: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
         self.port = 0
@@ -301,14 +327,17 @@ class Peer:
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         sock = os.path.join(d, "fcgiwrap.sock")
         backend = os.path.join(self.env.out("--exec-path"), "git-http-backend")
+        if self.account:
+            backend = self._wrapper(backend)
         fcgiwrap, nginx = find_tool("fcgiwrap"), find_tool("nginx")
         assert fcgiwrap and nginx, "ensure_peer_tools() first"
         try:
             self._log = open(os.path.join(d, "peer.log"), "ab")  # closed in __exit__
-            # One process (no -c N prefork: its preforked children outlive a SIGTERM to the
-            # parent). Clones are one request at a time, so it never queues anything here.
+            # One process by default: clones are one request at a time, so it never queues
+            # anything. With children > 1 (concurrent clients) its preforked processes
+            # outlive a SIGTERM to the parent: stop() kills its whole session.
             self.fcgi = subprocess.Popen(
-                [fcgiwrap, "-c", "1", "-s", f"unix:{sock}"],
+                [fcgiwrap, "-c", str(self.children), "-s", f"unix:{sock}"],
                 env=self.env.env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -328,6 +357,7 @@ class Peer:
                     PEER_NGINX_CONF.format(
                         d=d, port=self.port, sock=sock, backend=backend, root=self.root,
                         home=self.env.home, user=user,
+                        access_log=os.path.join(d, "access.log") if self.access_log else "off",
                     )
                 )  # fmt: skip
             self.nginx = subprocess.Popen(
@@ -346,6 +376,48 @@ class Peer:
 
     def url(self, repo: str) -> str:
         return f"http://127.0.0.1:{self.port}/{repo}"
+
+    def _wrapper(self, backend: str) -> str:
+        """A ``sh`` script running http-backend and appending its CPU (``times``) to a log.
+
+        fcgiwrap ignores SIGCHLD, so the kernel reaps its CGI children without adding their
+        CPU to its cutime/cstime: the process tree alone would miss http-backend and the git
+        it runs. The shell waits for http-backend (its rusage includes the git processes it
+        waited for) and ``times`` prints it. The wrapper's own CPU is counted nowhere.
+        """
+        path = os.path.join(self.dir, "http-backend-timed.sh")
+        with open(path, "w") as fh:
+            fh.write(
+                f"#!/bin/sh\n{shlex.quote(backend)}\nrc=$?\ntimes >> {shlex.quote(self.times_log)}\n"
+                "exit $rc\n"
+            )
+        os.chmod(path, 0o755)
+        open(self.times_log, "a").close()
+        return path
+
+    def backend_cpu_seconds(self) -> float:
+        """CPU of every http-backend run so far, git included (the wrappers' log)."""
+        total = 0.0
+        with open(self.times_log) as fh:
+            lines = fh.read().splitlines()
+        for line in lines[1::2]:  # each ``times``: the shell's line, then its children's
+            for field in line.split():
+                m = re.fullmatch(r"(\d+)m([\d.]+)s", field)
+                if m:
+                    total += int(m.group(1)) * 60 + float(m.group(2))
+        return total
+
+    def cpu_seconds(self) -> float:
+        """nginx + fcgiwrap (their process trees) + http-backend and its git (needs ``account``)."""
+        from bench.measure import tree_cpu_seconds
+
+        assert self.account, "Peer(account=True) to count http-backend's CPU"
+        return tree_cpu_seconds(self.pids) + self.backend_cpu_seconds()
+
+    @property
+    def pids(self) -> list[int]:
+        """The roots of its process trees: nginx's master and fcgiwrap."""
+        return [p.pid for p in (self.nginx, self.fcgi) if p is not None]
 
     def __exit__(self, *exc: object) -> None:
         stop(self.nginx, signal.SIGQUIT, group=True)
