@@ -225,3 +225,24 @@ def test_dulwich_authenticated_push(acl_server, gitbase, tmp_path):
     )
     assert refs(upstream)["refs/heads/topic"] == rev(work, "HEAD")
     git("fsck", "--full", "--strict", cwd=upstream)
+
+
+@pytest.mark.parametrize("protocol_version", [0, 2])
+def test_libgit2_and_dulwich_clone_from_warm_caches(serve, gitbase, tmp_path, protocol_version):
+    """Answers from the pack and advertisement caches read the same to other client families."""
+    from gittornado.advertcache import AdvertCache
+    from gittornado.packcache import PackCache
+
+    packs = PackCache(str(tmp_path / "packs"))
+    adverts = AdvertCache(margin=0)
+    server = serve(pack_cache=packs, advert_cache=adverts)
+    for i in range(2):  # the first clone fills the caches, the second is answered from them
+        dest = tmp_path / f"dulwich{i}"
+        porcelain.clone(f"{server.url}/app", str(dest), protocol_version=protocol_version, **_quiet()).close()
+        _verify_clone(dest, gitbase / "app.git")
+    for i in range(2):
+        dest = tmp_path / f"libgit2-{i}"
+        pygit2.clone_repository(f"{server.url}/app", str(dest))
+        _verify_clone(dest, gitbase / "app.git")
+    assert 1 <= packs.usage()[0] <= 2  # one pack per client family: each second clone was a hit
+    assert adverts.stats()["hits"] >= 2
