@@ -66,6 +66,20 @@ def _parse_length(header: bytes) -> int:
     return n
 
 
+def complete_with_flush(data: bytes) -> bool:
+    """True when ``data`` is whole pkt-lines whose last one is a flush (pure).
+
+    How an advertisement or an ``ls-refs`` answer ends: bytes cut short, or
+    anything else at the end, are not a complete answer.
+    """
+    parser = Parser()
+    try:
+        packets = parser.feed(data)
+    except PktLineError:
+        return False
+    return bool(packets) and packets[-1] is FLUSH and not parser.pending
+
+
 class Parser:
     """Push parser: ``feed(data)`` returns the packets completed by ``data``.
 

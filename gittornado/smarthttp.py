@@ -204,7 +204,11 @@ class _ServiceHandler(GitHandler):
                 else:
                     kept = None
         await run.wait()
-        if kept and len(kept) > 1 and run.result == "ok" and run.trailer() == b"":
+        if not kept or len(kept) < 2 or run.exit_status != 0 or run.abort_reason or run.trailer() != b"":
+            return
+        # Complete from git's side even when the client hung up right after the
+        # last flush (dulwich does, without reading the final chunk).
+        if pktline.complete_with_flush(b"".join(kept[1:])):
             self.config.advert_cache.store(ticket, b"".join(kept))
 
     def _abandon(self) -> None:

@@ -135,3 +135,16 @@ def test_capabilities_of_want_and_command_lines():
     assert pktline.capabilities(b"want " + b"a" * 40 + b"\n") == frozenset()
     assert pktline.capabilities(None) == frozenset()
     assert pktline.capabilities(b"command=ls-refs\n") == frozenset()
+
+
+def test_complete_with_flush_byte_for_byte():
+    from gittornado.pktline import complete_with_flush
+
+    assert complete_with_flush(b"0008abcd0000")
+    assert complete_with_flush(b"0000")
+    assert not complete_with_flush(b"")
+    assert not complete_with_flush(b"0008abcd")  # no flush at the end
+    assert not complete_with_flush(b"0008abcd000")  # cut inside the flush
+    assert not complete_with_flush(b"0009abcd")  # cut inside a packet
+    assert not complete_with_flush(b"00000001")  # a delimiter after the flush
+    assert not complete_with_flush(b"zzzz0000")  # not pkt-lines
