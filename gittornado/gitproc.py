@@ -210,9 +210,6 @@ class _InputPipe:
         self._waiter: asyncio.Future | None = None
         os.set_blocking(fd, False)
 
-    def closed(self) -> bool:
-        return self._fd is None
-
     async def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         loop = asyncio.get_running_loop()

@@ -273,6 +273,25 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+def wait_settled(cache, repos, git: str = "git") -> None:
+    """Wait until an advertisement cache may store answers about ``repos``.
+
+    It stores an answer only once every timestamp in the repository's key is
+    older than its margin (the racy rule), and the fixture repositories were
+    copied a moment ago.
+    """
+    from gittornado.advertcache import settled
+
+    def ready() -> bool:
+        for repo in repos:
+            state = cache.state(str(repo), git, {})
+            if state is None or not settled(state, time.time_ns(), cache.margin_ns):
+                return False
+        return True
+
+    wait_for(ready, interval=0.01, message="the repositories' timestamps to settle")
+
+
 def git_processes(path_fragment: str) -> list[str]:
     """Command lines of running git processes whose argv mentions ``path_fragment``."""
     found = []

@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import AllowAll, git, refs, rev, write_access_file
+from conftest import AllowAll, git, refs, rev, wait_settled, write_access_file
 
 from gittornado import gitproc, pktline
 from gittornado.advertcache import (
@@ -180,11 +180,13 @@ def runs(counting_git) -> int:
 
 
 @pytest.fixture
-def server(serve, counting_git):
+def server(serve, gitbase, counting_git):
     cache = AdvertCache(margin=MARGIN)
     server = serve(access=AllowAll(), git=counting_git[0], advert_cache=cache)
     server.cache = cache
-    time.sleep(MARGIN + 0.05)  # the fixture repositories were just copied: let them settle
+    server.git_path = counting_git[0]
+    repos = [head.parent for head in gitbase.glob("**/*.git/HEAD")]
+    wait_settled(cache, repos, counting_git[0])
     return server
 
 
@@ -299,7 +301,7 @@ def test_receive_pack_advertisement_is_not_cached(server, counting_git):
 
 
 def _warm(server, repo_path, repo="app"):
-    time.sleep(MARGIN + 0.05)
+    wait_settled(server.cache, [repo_path], server.git_path)
     assert_fresh(server, repo_path, repo)
     hits = server.cache.hits
     info_refs(server, repo)
@@ -401,8 +403,9 @@ def test_a_warm_cache_answers_no_one_the_gate_refuses(serve, gitbase, tmp_path, 
     passwords = {"alice": "alice-pw", "carol": "carol-pw"}
     path = write_access_file(tmp_path / "acl.ini", passwords, "alice = **=rw\n* = public/*=r\n")
     cold = serve(accessfile=path, advert_cache=None)
-    warm = serve(accessfile=path, advert_cache=AdvertCache(margin=MARGIN), git=counting_git[0])
-    time.sleep(MARGIN + 0.05)
+    warm_cache = AdvertCache(margin=MARGIN)
+    warm = serve(accessfile=path, advert_cache=warm_cache, git=counting_git[0])
+    wait_settled(warm_cache, [gitbase / "private.git"], counting_git[0])
     alice, carol, wrong = (
         {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         for pair in ("alice:alice-pw", "carol:carol-pw", "alice:wrong")

@@ -13,11 +13,10 @@ against the repository on disk.
 from __future__ import annotations
 
 import io
-import time
 import urllib.parse
 
 import pytest
-from conftest import AllowAll, git, refs, rev
+from conftest import AllowAll, git, refs, rev, wait_settled
 
 pygit2 = pytest.importorskip("pygit2")
 porcelain = pytest.importorskip("dulwich.porcelain")
@@ -237,9 +236,7 @@ def test_libgit2_and_dulwich_clone_from_warm_caches(serve, gitbase, tmp_path, pr
     packs = PackCache(str(tmp_path / "packs"))
     adverts = AdvertCache(margin=0)
     server = serve(pack_cache=packs, advert_cache=adverts)
-    # The fixture repositories were copied a moment ago: answers are stored only once
-    # every timestamp in the key is older than the request (the racy rule, margin 0).
-    time.sleep(0.05)
+    wait_settled(adverts, [gitbase / "app.git"])
     for i in range(2):  # the first clone fills the caches, the second is answered from them
         dest = tmp_path / f"dulwich{i}"
         porcelain.clone(f"{server.url}/app", str(dest), protocol_version=protocol_version, **_quiet()).close()
