@@ -19,7 +19,7 @@ def hello_wsgi(environ, start_response):  # any WSGI app: Flask, Django, klaus, 
 
 
 class Access:
-    """An access object as an app would write it: the two protocols of ``gittornado.rights``.
+    """An access object as an app would write it: the two protocols of ``gittornado.access.rights``.
 
     (The older ``check(request) -> Grant | (read, write)`` shape still works too.)
     """

@@ -108,9 +108,9 @@ class ServerCode:
         return where
 
     def hash_password(self, password: str) -> str:
-        """A hash the server's own ``gittornado.access`` accepts (its code, not the bench's)."""
+        """A hash the server's own ``gittornado.hash_password`` makes (its code, not the bench's)."""
         return self.python(
-            "import sys; from gittornado.access import hash_password; print(hash_password(sys.argv[1]))",
+            "import sys; from gittornado import hash_password; print(hash_password(sys.argv[1]))",
             password,
         )
 

@@ -17,41 +17,41 @@ __version__ = "0.2.0"
 
 #: Public name -> the module that owns it.
 _EXPORTS = {
-    "make_app": "app",
-    "routes": "app",
-    "InfoRefsHandler": "smarthttp",
-    "RPCHandler": "smarthttp",
-    "FileHandler": "dumbhttp",
-    "FallbackHandler": "fallback",
-    "IndexApp": "index",
-    "wsgi_container": "fallback",
-    "BrowseApp": "browse",
-    "GitWebSocketHandler": "websocket",
-    "GitConfig": "web",
-    "GitRun": "gitproc",
-    "PeerGone": "gitproc",
-    "legacy_access": "legacy",
-    "adapt": "legacy",
-    "AccessFile": "access",
-    "AccessFileError": "access",
-    "parse_access_file": "access",
-    "hash_password": "access",
-    "AuthAPI": "authapi",
-    "AuthAPIUnavailable": "authapi",
-    "Repository": "repos",
-    "RepositoryLookup": "repos",
-    "AccessRequest": "rights",
-    "Authenticator": "rights",
-    "Authorizer": "rights",
-    "BadCredentials": "rights",
-    "Credentials": "rights",
-    "Grant": "rights",
-    "Gate": "session",
-    "OpenAccess": "session",
-    "Session": "session",
-    "Throttle": "session",
-    "SQLiteStore": "limits",
-    "GitHTTPServer": "serve",
+    "make_app": "server.app",
+    "routes": "server.app",
+    "InfoRefsHandler": "transports.smarthttp",
+    "RPCHandler": "transports.smarthttp",
+    "FileHandler": "transports.dumbhttp",
+    "FallbackHandler": "web.wsgi",
+    "IndexApp": "web.index",
+    "wsgi_container": "web.wsgi",
+    "BrowseApp": "web.browse",
+    "GitWebSocketHandler": "transports.websocket",
+    "GitConfig": "transports.httpbase",
+    "GitRun": "engine.run",
+    "PeerGone": "engine.run",
+    "legacy_access": "access.legacy",
+    "adapt": "access.legacy",
+    "AccessFile": "access.accessfile",
+    "AccessFileError": "access.accessfile",
+    "parse_access_file": "access.accessfile",
+    "hash_password": "access.accessfile",
+    "AuthAPI": "access.authapi",
+    "AuthAPIUnavailable": "access.authapi",
+    "Repository": "access.repos",
+    "RepositoryLookup": "access.repos",
+    "AccessRequest": "access.rights",
+    "Authenticator": "access.rights",
+    "Authorizer": "access.rights",
+    "BadCredentials": "access.rights",
+    "Credentials": "access.rights",
+    "Grant": "access.rights",
+    "Gate": "access.gate",
+    "OpenAccess": "access.gate",
+    "Session": "access.gate",
+    "Throttle": "access.gate",
+    "SQLiteStore": "access.throttle",
+    "GitHTTPServer": "server.httpserver",
     "GitAccessError": "errors",
     "BadRequest": "errors",
     "Forbidden": "errors",
@@ -76,19 +76,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .access import AccessFile, AccessFileError, hash_password, parse_access_file  # noqa: F401
-    from .app import make_app, routes  # noqa: F401
-    from .authapi import AuthAPI, AuthAPIUnavailable  # noqa: F401
-    from .browse import BrowseApp  # noqa: F401
-    from .dumbhttp import FileHandler  # noqa: F401
-    from .errors import BadRequest, Forbidden, GitAccessError, NotFound, Unauthorized  # noqa: F401
-    from .fallback import FallbackHandler, wsgi_container  # noqa: F401
-    from .gitproc import GitRun, PeerGone  # noqa: F401
-    from .index import IndexApp  # noqa: F401
-    from .legacy import adapt, legacy_access  # noqa: F401
-    from .limits import SQLiteStore  # noqa: F401
-    from .repos import Repository, RepositoryLookup  # noqa: F401
-    from .rights import (  # noqa: F401
+    from .access.accessfile import AccessFile, AccessFileError, hash_password, parse_access_file  # noqa: F401
+    from .access.authapi import AuthAPI, AuthAPIUnavailable  # noqa: F401
+    from .access.gate import Gate, OpenAccess, Session, Throttle  # noqa: F401
+    from .access.legacy import adapt, legacy_access  # noqa: F401
+    from .access.repos import Repository, RepositoryLookup  # noqa: F401
+    from .access.rights import (  # noqa: F401
         AccessRequest,
         Authenticator,
         Authorizer,
@@ -96,8 +89,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Credentials,
         Grant,
     )
-    from .serve import GitHTTPServer  # noqa: F401
-    from .session import Gate, OpenAccess, Session, Throttle  # noqa: F401
-    from .smarthttp import InfoRefsHandler, RPCHandler  # noqa: F401
-    from .web import GitConfig  # noqa: F401
-    from .websocket import GitWebSocketHandler  # noqa: F401
+    from .access.throttle import SQLiteStore  # noqa: F401
+    from .engine.run import GitRun, PeerGone  # noqa: F401
+    from .errors import BadRequest, Forbidden, GitAccessError, NotFound, Unauthorized  # noqa: F401
+    from .server.app import make_app, routes  # noqa: F401
+    from .server.httpserver import GitHTTPServer  # noqa: F401
+    from .transports.dumbhttp import FileHandler  # noqa: F401
+    from .transports.httpbase import GitConfig  # noqa: F401
+    from .transports.smarthttp import InfoRefsHandler, RPCHandler  # noqa: F401
+    from .transports.websocket import GitWebSocketHandler  # noqa: F401
+    from .web.browse import BrowseApp  # noqa: F401
+    from .web.index import IndexApp  # noqa: F401
+    from .web.wsgi import FallbackHandler, wsgi_container  # noqa: F401

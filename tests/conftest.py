@@ -22,7 +22,7 @@ import tornado.httpserver
 import tornado.netutil
 
 import gittornado
-from gittornado.serve import GitHTTPServer
+from gittornado.server.httpserver import GitHTTPServer
 
 FIXTURE_STREAM = """\
 blob
@@ -280,7 +280,7 @@ def wait_settled(cache, repos, git: str = "git") -> None:
     older than its margin (the racy rule), and the fixture repositories were
     copied a moment ago.
     """
-    from gittornado.advertcache import settled
+    from gittornado.engine.advertcache import settled
 
     def ready() -> bool:
         for repo in repos:

@@ -17,7 +17,7 @@ import time
 import pytest
 from passlib.hash import apr_md5_crypt, argon2, bcrypt, ldap_salted_sha1, ldap_sha1, sha512_crypt
 
-from gittornado.access import (
+from gittornado.access.accessfile import (
     AccessFile,
     AccessFileError,
     Policy,
@@ -25,11 +25,11 @@ from gittornado.access import (
     hash_weakness,
     parse_access_file,
 )
+from gittornado.access.gate import AccessRequest, BadCredentials, Credentials, Gate, OpenAccess, Throttle
+from gittornado.access.repos import RepositoryLookup
+from gittornado.access.rights import Authenticator, Authorizer
 from gittornado.errors import GitAccessError, TooManyRequests
-from gittornado.repos import RepositoryLookup
-from gittornado.rights import Authenticator, Authorizer
-from gittornado.services import READ, WRITE
-from gittornado.session import AccessRequest, BadCredentials, Credentials, Gate, OpenAccess, Throttle
+from gittornado.protocol.services import READ, WRITE
 
 #: Cheap hashes for fixtures (cost 4); the timing test makes its own.
 FAST = bcrypt.using(rounds=4)

@@ -19,8 +19,8 @@ import time
 import pytest
 from conftest import AllowAll, git, refs, rev, wait_settled, write_access_file
 
-from gittornado import gitproc, pktline
-from gittornado.advertcache import (
+from gittornado.engine import run as gitproc
+from gittornado.engine.advertcache import (
     AdvertCache,
     config_files,
     fingerprint,
@@ -28,6 +28,7 @@ from gittornado.advertcache import (
     request_key,
     settled,
 )
+from gittornado.protocol import pktline
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 PREAMBLE = pktline.encode(b"# service=git-upload-pack\n") + pktline.FLUSH

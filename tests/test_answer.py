@@ -2,9 +2,9 @@
 
 import pytest
 
-from gittornado import pktline
-from gittornado.answer import AnswerState, expect_from_request
-from gittornado.pktline import DELIM, FLUSH, encode, sideband
+from gittornado.protocol import pktline
+from gittornado.protocol.answer import AnswerState, expect_from_request
+from gittornado.protocol.pktline import DELIM, FLUSH, encode, sideband
 
 V2_FETCH = (
     encode(b"acknowledgments\n")

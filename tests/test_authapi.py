@@ -26,7 +26,8 @@ from sshd_server import sshd  # noqa: F401  (the fixture)
 from test_contract import config_env, credential_helper
 
 from gittornado import AuthAPI
-from gittornado.authapi import _Garbled, _parse_repo_config
+from gittornado.access import hooks as hookchain
+from gittornado.access.authapi import _Garbled, _parse_repo_config
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
 
@@ -136,7 +137,9 @@ class Transports:
         if transport == "http":
             return f"{self._http(api_url).url}/{repo}", helper
         if transport == "ws":
-            pytest.importorskip("gittornado.websocket", reason="the WebSocket transport is not there yet")
+            pytest.importorskip(
+                "gittornado.transports.websocket", reason="the WebSocket transport is not there yet"
+            )
             from test_contract import ws_env
 
             env = ws_env()
@@ -465,7 +468,6 @@ def test_query_is_url_encoded(api, via):
 
 def test_wrapper_directory_is_rebuilt_when_removed():
     """A temp cleaner removing the wrappers must not let git skip a custom hook silently."""
-    from gittornado import hookchain
 
     first = hookchain.hook_env({"update": "/bin/true"})["GIT_CONFIG_VALUE_0"]
     shutil.rmtree(first)
@@ -477,7 +479,7 @@ def test_wrapper_directory_is_rebuilt_when_removed():
 
 
 def test_cli_takes_either_an_access_file_or_an_api(tmp_path, capsys):
-    from gittornado.cli import main
+    from gittornado.server.cli import main
 
     acl = tmp_path / "acl.ini"
     acl.write_text("")

@@ -7,7 +7,7 @@ import socket
 import pytest
 from conftest import rev
 
-from gittornado.chunked import ChunkedDecoder, ChunkedError
+from gittornado.transports.chunked import ChunkedDecoder, ChunkedError
 
 
 def encode(pieces: list[bytes], ext: bytes = b"") -> bytes:

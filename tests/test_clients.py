@@ -230,8 +230,8 @@ def test_dulwich_authenticated_push(acl_server, gitbase, tmp_path):
 @pytest.mark.parametrize("protocol_version", [0, 2])
 def test_libgit2_and_dulwich_clone_from_warm_caches(serve, gitbase, tmp_path, protocol_version):
     """Answers from the pack and advertisement caches read the same to other client families."""
-    from gittornado.advertcache import AdvertCache
-    from gittornado.packcache import PackCache
+    from gittornado.engine.advertcache import AdvertCache
+    from gittornado.engine.packcache import PackCache
 
     packs = PackCache(str(tmp_path / "packs"))
     adverts = AdvertCache(margin=0)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 
-from gittornado import pktline
+from gittornado.protocol import pktline
 
 #: Access policies a transport must offer (see the module docstring).
 OPEN, DEFAULT, ACL = "open", "default", "acl"

@@ -27,7 +27,7 @@ import pytest
 from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 from test_contract import _partial_pack
 
-from gittornado import pktline
+from gittornado.protocol import pktline
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 RECEIVE_REQ = "application/x-git-receive-pack-request"

@@ -10,8 +10,8 @@ import tornado.web
 import tornado.wsgi
 from conftest import git
 
-from gittornado.fallback import FallbackHandler
-from gittornado.repos import RepositoryLookup
+from gittornado.access.repos import RepositoryLookup
+from gittornado.web.wsgi import FallbackHandler
 
 #: ``wsgi_container``'s default pool size.
 MAX_WORKERS = 8

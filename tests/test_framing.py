@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import AllowAll, git, refs, rev
 
-from gittornado import pktline
+from gittornado.protocol import pktline
 
 TIMEOUT = 30
 

@@ -27,7 +27,7 @@ from conftest import wait_for
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gittornado  # noqa: E402
-from gittornado.serve import GitHTTPServer, default_max_connections  # noqa: E402
+from gittornado.server.httpserver import GitHTTPServer, default_max_connections  # noqa: E402
 from stress import attacks  # noqa: E402
 from stress.client import basic, pkt, raw, request, rev  # noqa: E402
 from stress.server import git_processes  # noqa: E402

@@ -16,7 +16,7 @@ import zlib
 import pytest
 from conftest import AllowAll, git, git_processes, refs, rev, wait_for
 
-from gittornado import pktline
+from gittornado.protocol import pktline
 
 UPLOAD_REQ = "application/x-git-upload-pack-request"
 RECEIVE_REQ = "application/x-git-receive-pack-request"

@@ -124,8 +124,8 @@ def test_systemd_unit_verifies(tmp_path):
 def test_metrics_report_the_caches(serve, tmp_path):
     """The advertisement cache's hits and the pack cache's entries show on /-/metrics."""
     pytest.importorskip("prometheus_client")
-    from gittornado.advertcache import AdvertCache
-    from gittornado.packcache import PackCache
+    from gittornado.engine.advertcache import AdvertCache
+    from gittornado.engine.packcache import PackCache
 
     server = serve(advert_cache=AdvertCache(margin=0), pack_cache=PackCache(str(tmp_path / "packs")))
     for name in ("c1", "c2"):

@@ -17,8 +17,8 @@ import time
 import pytest
 from conftest import git, rev, wait_for
 
-from gittornado import packcache
-from gittornado.packcache import (
+from gittornado.engine import packcache
+from gittornado.engine.packcache import (
     FOOTER_SIZE,
     PackCache,
     cache_key,
@@ -501,8 +501,9 @@ def test_gittornado_shell_shares_the_cache(gitbase, tmp_path, trace):
     cache_dir = tmp_path / "ssh cache"
     fake_ssh = tmp_path / "fake-ssh"
     # This checkout's shell, not an installed copy's.
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(packcache.__file__)))
-    shell = f"env PYTHONPATH={shlex.quote(checkout)} {shlex.quote(sys.executable)} -m gittornado.ssh"
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(packcache.__file__))))
+    python = shlex.quote(sys.executable)
+    shell = f"env PYTHONPATH={shlex.quote(checkout)} {python} -m gittornado.transports.sshshell"
     fake_ssh.write_text(
         "#!/bin/sh\nfor last; do :; done\n"  # git runs: fake-ssh HOST COMMAND
         f'SSH_ORIGINAL_COMMAND="$last" SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" exec {shell} '
@@ -533,7 +534,7 @@ def test_a_client_leaving_mid_clone_still_fills_the_cache(serve, cache, tmp_path
 
     from conftest import git_processes
 
-    from gittornado import pktline
+    from gittornado.protocol import pktline
 
     _big_repo(gitbase, tmp_path, mib=8)
     server = serve(pack_cache=cache)

@@ -11,8 +11,8 @@ import sys
 import pytest
 from passlib.hash import bcrypt
 
-from gittornado.access import PASSWORD_CONTEXT, AccessFile, parse_access_file
-from gittornado.cli import update_users_section
+from gittornado.access.accessfile import PASSWORD_CONTEXT, AccessFile, parse_access_file
+from gittornado.server.cli import update_users_section
 
 
 def script(name: str) -> str:

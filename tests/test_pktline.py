@@ -2,8 +2,8 @@
 
 import pytest
 
-from gittornado import pktline
-from gittornado.pktline import DELIM, FLUSH, RESPONSE_END, Parser, PktLineError
+from gittornado.protocol import pktline
+from gittornado.protocol.pktline import DELIM, FLUSH, RESPONSE_END, Parser, PktLineError
 
 
 def test_encode_exact_bytes():
@@ -138,7 +138,7 @@ def test_capabilities_of_want_and_command_lines():
 
 
 def test_complete_with_flush_byte_for_byte():
-    from gittornado.pktline import complete_with_flush
+    from gittornado.protocol.pktline import complete_with_flush
 
     assert complete_with_flush(b"0008abcd0000")
     assert complete_with_flush(b"0000")

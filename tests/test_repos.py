@@ -21,12 +21,12 @@ import pytest
 from conftest import git, wait_for, write_access_file
 
 import gittornado
-from gittornado.access import AccessFile
+from gittornado.access.accessfile import AccessFile
+from gittornado.access.gate import Gate
+from gittornado.access.repos import RepositoryLookup, has_encoded_separator, normalize_name
+from gittornado.access.rights import AccessRequest, Credentials
 from gittornado.errors import NotFound, Unauthorized
-from gittornado.repos import RepositoryLookup, has_encoded_separator, normalize_name
-from gittornado.rights import AccessRequest, Credentials
-from gittornado.services import READ
-from gittornado.session import Gate
+from gittornado.protocol.services import READ
 
 
 @pytest.mark.parametrize(

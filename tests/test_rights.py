@@ -11,12 +11,19 @@ import dataclasses
 
 import pytest
 
+from gittornado.access.gate import Gate, OpenAccess, Throttle
+from gittornado.access.legacy import CheckAdapter, adapt, call_hook, legacy_access
+from gittornado.access.repos import Repository
+from gittornado.access.rights import (
+    AccessRequest,
+    Authenticator,
+    Authorizer,
+    BadCredentials,
+    Credentials,
+    Grant,
+)
 from gittornado.errors import Forbidden, GitAccessError, NotFound, TooManyRequests, Unauthorized
-from gittornado.legacy import CheckAdapter, adapt, call_hook, legacy_access
-from gittornado.repos import Repository
-from gittornado.rights import AccessRequest, Authenticator, Authorizer, BadCredentials, Credentials, Grant
-from gittornado.services import READ, WRITE
-from gittornado.session import Gate, OpenAccess, Throttle
+from gittornado.protocol.services import READ, WRITE
 
 REPOS = ("app", "private", "public/lib", "team/app")
 

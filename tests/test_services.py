@@ -2,7 +2,7 @@
 
 import pytest
 
-from gittornado.services import READ, WRITE, protocol_version, service_for, valid_git_protocol
+from gittornado.protocol.services import READ, WRITE, protocol_version, service_for, valid_git_protocol
 
 
 def test_service_table():
@@ -89,7 +89,7 @@ def test_protocol_version():
     ],
 )
 def test_parse_ssh_command(command, service, path):
-    from gittornado.services import parse_ssh_command
+    from gittornado.protocol.services import parse_ssh_command
 
     parsed = parse_ssh_command(command)
     assert (parsed.service.name, parsed.path) == (service, path)
@@ -191,7 +191,7 @@ def test_parse_ssh_command(command, service, path):
 )
 def test_refused_ssh_command(command):
     from gittornado.errors import BadRequest
-    from gittornado.services import parse_ssh_command
+    from gittornado.protocol.services import parse_ssh_command
 
     with pytest.raises(BadRequest) as info:
         parse_ssh_command(command)
@@ -201,7 +201,7 @@ def test_refused_ssh_command(command):
 
 def test_refusal_messages_do_not_echo_the_command():
     from gittornado.errors import BadRequest
-    from gittornado.services import parse_ssh_command
+    from gittornado.protocol.services import parse_ssh_command
 
     with pytest.raises(BadRequest) as info:
         parse_ssh_command("git-upload-pack 'evil\x1b]0;owned\x07'")

@@ -28,11 +28,11 @@ from conftest import wait_for, write_access_file
 from passlib.hash import bcrypt
 
 from gittornado import BadCredentials, Credentials, Gate, Grant
+from gittornado.access.repos import Repository
+from gittornado.access.rights import AccessRequest
+from gittornado.access.throttle import LoginsBusy, MemoryStore, SQLiteStore, Throttle, address_key
 from gittornado.errors import GitAccessError
-from gittornado.limits import LoginsBusy, MemoryStore, SQLiteStore, Throttle, address_key
-from gittornado.repos import Repository
-from gittornado.rights import AccessRequest
-from gittornado.services import READ
+from gittornado.protocol.services import READ
 
 INFO_REFS = "/app/info/refs?service=git-upload-pack"
 

@@ -33,7 +33,8 @@ from conftest import AllowAll, ServerThread, git, git_processes, refs, rev, wait
 from test_contract import _partial_pack, config_env, ws_env
 
 import gittornado
-from gittornado import pktline, remote_helper
+from gittornado.client import remote_helper
+from gittornado.protocol import pktline
 
 # -- a raw client --------------------------------------------------------------------------
 
@@ -849,7 +850,7 @@ def _helper(port: int, tmp_path: Path) -> subprocess.CompletedProcess:
     """The checkout's helper, as git runs it, asked to connect upload-pack."""
     env = {**os.environ, **_this_checkout(), "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "gittornado.remote_helper", "origin", f"ws://127.0.0.1:{port}/app"],
+        [sys.executable, "-m", "gittornado.client.remote_helper", "origin", f"ws://127.0.0.1:{port}/app"],
         input=b"connect git-upload-pack\n",
         capture_output=True,
         env=env,

@@ -48,10 +48,10 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .errors import GitAccessError, NotFound
-from .fallback import RAW_PATH_KEY, access_request, refuse, respond, run_on_loop
-from .repos import has_encoded_separator
-from .session import Gate, Session
+from ..access.gate import Gate, Session
+from ..access.repos import has_encoded_separator
+from ..errors import GitAccessError, NotFound
+from .wsgi import RAW_PATH_KEY, access_request, refuse, respond, run_on_loop
 
 __all__ = ["BrowseApp", "klaus_missing", "KLAUS_MISSING"]
 

@@ -57,12 +57,12 @@ import tornado.websocket
 from tornado.httputil import HTTPServerRequest
 from tornado.iostream import IOStream, StreamClosedError
 
-from . import pktline
-from .errors import BadRequest, GitAccessError
-from .gitproc import _BULK_AFTER, GitRun, PeerGone
-from .services import READ, Service, service_for, valid_git_protocol
-from .session import Session
-from .web import GitHandler
+from ..access.gate import Session
+from ..engine.run import _BULK_AFTER, GitRun, PeerGone
+from ..errors import BadRequest, GitAccessError
+from ..protocol import pktline
+from ..protocol.services import READ, Service, service_for, valid_git_protocol
+from .httpbase import GitHandler
 
 __all__ = [
     "GitWebSocketHandler",

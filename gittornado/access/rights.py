@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .services import READ, WRITE
+from ..protocol.services import READ, WRITE
 
 __all__ = ["BadCredentials", "Credentials", "AccessRequest", "Grant", "Authenticator", "Authorizer"]
 

@@ -20,8 +20,8 @@ import shutil
 import time
 from typing import Any
 
-from . import gitproc
-from .services import WRITE
+from ..engine import run as gitproc
+from ..protocol.services import WRITE
 
 __all__ = ["drain", "remove_stale_quarantines"]
 

@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import GitAccessError
-from .fallback import access_request, refuse, respond, run_on_loop
-from .repos import Repository, RepositoryLookup, is_git_dir
-from .rights import AccessRequest
-from .session import Gate, OpenAccess
+from ..access.gate import Gate, OpenAccess
+from ..access.repos import Repository, RepositoryLookup, is_git_dir
+from ..access.rights import AccessRequest
+from ..errors import GitAccessError
+from .wsgi import access_request, refuse, respond, run_on_loop
 
 __all__ = ["IndexApp", "RepoSummary", "SummaryCache", "read_description", "read_default_branch"]
 

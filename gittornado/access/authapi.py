@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from . import hookchain
-from .errors import GitAccessError
+from ..errors import GitAccessError
+from . import hooks as hookchain
 from .rights import AccessRequest, BadCredentials, Credentials, Grant
 
 __all__ = ["AuthAPI", "AuthAPIUnavailable"]

@@ -40,7 +40,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .errors import ServiceUnavailable, TooManyRequests
+from ..errors import ServiceUnavailable, TooManyRequests
 
 __all__ = ["Throttle", "MemoryStore", "SQLiteStore", "LoginsBusy", "address_key"]
 

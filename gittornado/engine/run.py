@@ -31,11 +31,11 @@ from typing import IO
 
 from tornado.iostream import PipeIOStream, StreamClosedError
 
-from . import pktline
-from .answer import AnswerState, expect_from_request
-from .errors import PayloadTooLarge, ServiceUnavailable
-from .services import WRITE, Service, protocol_version
-from .session import Session
+from ..access.gate import Session
+from ..errors import PayloadTooLarge, ServiceUnavailable
+from ..protocol import pktline
+from ..protocol.answer import AnswerState, expect_from_request
+from ..protocol.services import WRITE, Service, protocol_version
 
 __all__ = ["GitRun", "PeerGone", "git_argv", "git_env", "git_output", "GIT_OPTIONS", "CHUNK_SIZE"]
 

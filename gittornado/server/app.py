@@ -13,19 +13,19 @@ from typing import Any
 import tornado.routing
 import tornado.web
 
-from .access import AccessFile
-from .advertcache import AdvertCache
-from .authapi import AuthAPI
-from .dumbhttp import FileHandler
-from .fallback import FallbackHandler, make_fallback
-from .gitqueue import GitProcessLimit, limited
-from .ops import count_request, ops_routes
-from .packcache import PackCache
-from .repos import RepositoryLookup
-from .session import Gate, Throttle
-from .smarthttp import InfoRefsHandler, RPCHandler
-from .web import GitConfig, config_for
-from .websocket import GitWebSocketHandler, WebSocketUpgrade
+from ..access.accessfile import AccessFile
+from ..access.authapi import AuthAPI
+from ..access.gate import Gate, Throttle
+from ..access.repos import RepositoryLookup
+from ..engine.advertcache import AdvertCache
+from ..engine.packcache import PackCache
+from ..engine.slots import GitProcessLimit, limited
+from ..transports.dumbhttp import FileHandler
+from ..transports.httpbase import GitConfig, config_for
+from ..transports.smarthttp import InfoRefsHandler, RPCHandler
+from ..transports.websocket import GitWebSocketHandler, WebSocketUpgrade
+from ..web.ops import count_request, ops_routes
+from ..web.wsgi import FallbackHandler, make_fallback
 
 __all__ = ["routes", "make_app"]
 

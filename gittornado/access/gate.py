@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import Forbidden, NotFound, Unauthorized
+from ..errors import Forbidden, NotFound, Unauthorized
+from ..protocol.services import READ, WRITE
 from .legacy import adapt, call_hook
-from .limits import Throttle
 from .repos import Repository, RepositoryLookup, is_git_dir, normalize_name
 from .rights import AccessRequest, BadCredentials, Credentials, Grant
-from .services import READ, WRITE
+from .throttle import Throttle
 
 __all__ = [
     "Credentials",

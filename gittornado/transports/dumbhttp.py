@@ -16,10 +16,10 @@ import time
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from .gitproc import CHUNK_SIZE, git_output
-from .services import READ
-from .session import Session
-from .web import NO_CACHE, GitHandler
+from ..access.gate import Session
+from ..engine.run import CHUNK_SIZE, git_output
+from ..protocol.services import READ
+from .httpbase import NO_CACHE, GitHandler
 
 __all__ = ["FileHandler", "DUMB_FILES", "send_info_refs"]
 

@@ -16,7 +16,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from .errors import ServiceUnavailable
+from ..errors import ServiceUnavailable
 
 __all__ = ["GitProcessLimit", "limited"]
 

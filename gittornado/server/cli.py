@@ -343,11 +343,11 @@ def _serve(args: argparse.Namespace) -> int:
     import tornado.netutil
     import tornado.process
 
-    from .access import AccessFile
-    from .advertcache import AdvertCache
+    from ..access.accessfile import AccessFile
+    from ..access.throttle import SQLiteStore, Throttle
+    from ..engine.advertcache import AdvertCache
     from .app import make_app
-    from .limits import SQLiteStore, Throttle
-    from .serve import GitHTTPServer, default_max_connections, raise_open_file_limit
+    from .httpserver import GitHTTPServer, default_max_connections, raise_open_file_limit
     from .shutdown import drain
 
     if args.accessfile and args.auth_api:
@@ -360,7 +360,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gittornado: --gitbase {args.gitbase!r} is not a directory", file=sys.stderr)
         return 2
     if args.web:
-        from .browse import klaus_missing
+        from ..web.browse import klaus_missing
 
         if (missing := klaus_missing()) is not None:
             print(f"gittornado: {missing}", file=sys.stderr)
@@ -398,7 +398,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
     pack_cache = None
     if args.pack_cache_size and not args.no_pack_cache:
-        from .packcache import PackCache
+        from ..engine.packcache import PackCache
 
         cache_dir = args.pack_cache_dir
         if cache_dir is None and args.state_dir:
@@ -538,8 +538,8 @@ def check_access_main(argv: list[str]) -> int:
     p.add_argument("user", help="user name, or - for anonymous")
     p.add_argument("repo")
     args = p.parse_args(argv)
-    from .access import AccessFileError, hash_weakness, parse_access_file
-    from .repos import normalize_name
+    from ..access.accessfile import AccessFileError, hash_weakness, parse_access_file
+    from ..access.repos import normalize_name
 
     try:
         with open(args.accessfile, encoding="utf-8") as fh:
@@ -684,7 +684,7 @@ def passwd_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--delete", action="store_true", help="remove the user")
     args = p.parse_args(argv)
-    from .access import _NAME, AccessFileError, hash_password, parse_access_file
+    from ..access.accessfile import _NAME, AccessFileError, hash_password, parse_access_file
 
     prog = "gittornado-passwd"
     if not _NAME.match(args.user):

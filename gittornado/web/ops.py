@@ -28,7 +28,7 @@ from typing import Any
 
 import tornado.web
 
-from . import gitproc
+from ..engine import run as gitproc
 
 __all__ = ["ops_routes", "count_request", "HealthHandler", "MetricsHandler"]
 

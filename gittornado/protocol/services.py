@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 __all__ = [
     "Service",

@@ -20,14 +20,14 @@ import zlib
 import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
-from . import pktline
-from .advertcache import Ticket, is_ls_refs, request_key
+from ..access.gate import Session
+from ..engine.advertcache import Ticket, is_ls_refs, request_key
+from ..engine.run import GIT_OPTIONS, GitRun, PeerGone
+from ..errors import BadRequest, GitAccessError, PayloadTooLarge
+from ..protocol import pktline
+from ..protocol.services import READ, WRITE, Service, protocol_version, service_for, valid_git_protocol
 from .dumbhttp import send_info_refs
-from .errors import BadRequest, GitAccessError, PayloadTooLarge
-from .gitproc import GIT_OPTIONS, GitRun, PeerGone
-from .services import READ, WRITE, Service, protocol_version, service_for, valid_git_protocol
-from .session import Session
-from .web import NO_CACHE, GitHandler
+from .httpbase import NO_CACHE, GitHandler
 
 __all__ = ["InfoRefsHandler", "RPCHandler"]
 

@@ -36,12 +36,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
-from .gitproc import GitRun, PeerGone
-from .repos import RepositoryLookup
-from .rights import AccessRequest
-from .services import READ, parse_ssh_command, valid_git_protocol
-from .session import Gate
+from ..access.gate import Gate
+from ..access.repos import RepositoryLookup
+from ..access.rights import AccessRequest
+from ..engine.run import GitRun, PeerGone
+from ..errors import BadRequest, GitAccessError, NotFound, Unauthorized
+from ..protocol.services import READ, parse_ssh_command, valid_git_protocol
 
 __all__ = ["main", "make_parser", "remote_addr"]
 
@@ -65,7 +65,7 @@ class _Refusal(Exception):
 
 
 def _size(text: str) -> int:
-    from .cli import parse_size  # only when the option is given: cli imports much more
+    from ..server.cli import parse_size  # only when the option is given: cli imports much more
 
     return parse_size(text)
 
@@ -74,7 +74,7 @@ def _pack_cache_options(args: argparse.Namespace, subcommand: str) -> tuple[str,
     """The pack cache's ``-c`` settings for an upload-pack run; none when off or unusable."""
     if not args.pack_cache_dir or not args.pack_cache_size or subcommand != "upload-pack":
         return ()
-    from .packcache import PackCache
+    from ..engine.packcache import PackCache
 
     try:
         return PackCache(args.pack_cache_dir, max_bytes=args.pack_cache_size).git_options()
@@ -186,11 +186,11 @@ def _find_git(name: str) -> str:
 def _policy(args: argparse.Namespace) -> Any:
     """The access policy the options name; None is the server's default (read-only for all)."""
     if args.auth_api:
-        from .authapi import AuthAPI
+        from ..access.authapi import AuthAPI
 
         return AuthAPI(args.auth_api, timeout=args.auth_api_timeout, cache_ttl=0)
     if args.accessfile:
-        from .access import AccessFile, AccessFileError
+        from ..access.accessfile import AccessFile, AccessFileError
 
         try:
             return AccessFile(args.accessfile)

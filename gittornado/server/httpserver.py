@@ -40,7 +40,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
-from .chunked import FastBodyConnection
+from ..transports.chunked import FastBodyConnection
 
 __all__ = ["GitHTTPServer", "default_max_connections", "raise_open_file_limit"]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import tornado.web
 
-from . import pktline
-from .errors import BadRequest, GitAccessError, NotFound, Unauthorized
-from .legacy import legacy_access
-from .repos import RepositoryLookup, has_encoded_separator
-from .rights import AccessRequest, Credentials
-from .session import Gate, Session, Throttle
+from ..access.gate import Gate, Session, Throttle
+from ..access.legacy import legacy_access
+from ..access.repos import RepositoryLookup, has_encoded_separator
+from ..access.rights import AccessRequest, Credentials
+from ..errors import BadRequest, GitAccessError, NotFound, Unauthorized
+from ..protocol import pktline
 
 __all__ = [
     "GitHandler",

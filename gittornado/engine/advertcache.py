@@ -49,8 +49,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import gitproc
-from .services import WRITE
+from ..protocol.services import WRITE
+from . import run as gitproc
 
 __all__ = [
     "AdvertCache",

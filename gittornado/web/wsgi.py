@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tornado.web
 import tornado.wsgi
 
-from .errors import GitAccessError
-from .services import READ
-from .session import AccessRequest
-from .web import parse_basic_auth
+from ..access.gate import AccessRequest
+from ..errors import GitAccessError
+from ..protocol.services import READ
+from ..transports.httpbase import parse_basic_auth
 
 if TYPE_CHECKING:
     from .index import IndexApp
