@@ -17,13 +17,14 @@ import time
 import pytest
 from passlib.hash import apr_md5_crypt, argon2, bcrypt, ldap_salted_sha1, ldap_sha1, sha512_crypt
 
-from gittornado.access.accessfile import (
-    AccessFile,
+from gittornado.access.accessfile import AccessFile
+from gittornado.access.accessrules import (
     AccessFileError,
     Policy,
     hash_password,
     hash_weakness,
     parse_access_file,
+    strip_comment,
 )
 from gittornado.access.gate import AccessRequest, BadCredentials, Credentials, Gate, OpenAccess, Throttle
 from gittornado.access.repos import RepositoryLookup
@@ -76,6 +77,23 @@ def test_comments_and_blank_lines():
     )
     assert policy.rights("alice", "app")[:2] == (True, True)
     assert policy.rules[0].line == 5
+
+
+@pytest.mark.parametrize(
+    "line, content",
+    [
+        ("", ""),
+        ("   \r\n", ""),
+        ("; a comment", ""),
+        ("  # another", ""),
+        ("[access]   ; trailing comment", "[access]"),
+        ("  alice = app=rw   # why\n", "alice = app=rw"),
+        ("alice = $2b$12$abc;#def", "alice = $2b$12$abc;#def"),  # no whitespace: part of the value
+        ("bob:x\t;tab before", "bob:x"),
+    ],
+)
+def test_strip_comment_is_what_the_parser_reads(line, content):
+    assert strip_comment(line) == content
 
 
 def test_star_subject_includes_anonymous_and_everyone():

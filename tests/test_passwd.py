@@ -11,7 +11,8 @@ import sys
 import pytest
 from passlib.hash import bcrypt
 
-from gittornado.access.accessfile import PASSWORD_CONTEXT, AccessFile, parse_access_file
+from gittornado.access.accessfile import AccessFile
+from gittornado.access.accessrules import PASSWORD_CONTEXT, parse_access_file
 from gittornado.server.cli import update_users_section
 
 
