@@ -50,7 +50,7 @@ _EXPORTS = {
     "OpenAccess": "access.gate",
     "Session": "access.gate",
     "Throttle": "access.gate",
-    "SQLiteStore": "access.throttle",
+    "SQLiteStore": "access.throttlestore",
     "GitHTTPServer": "server.httpserver",
     "GitAccessError": "errors",
     "BadRequest": "errors",
