@@ -20,7 +20,8 @@ from conftest import git, rev, write_access_file
 
 from gittornado.access.gate import Gate
 from gittornado.access.repos import RepositoryLookup
-from gittornado.web.index import IndexApp, SummaryCache, _NameCache, read_default_branch, read_description
+from gittornado.web.index import IndexApp
+from gittornado.web.summaries import SummaryCache, _NameCache, read_default_branch, read_description
 
 #: The fixture's newest branch tip (``feature``): 1700000200 is 2023-11-14 22:16:40 UTC.
 LAST_COMMIT = "2023-11-14 22:16 UTC"

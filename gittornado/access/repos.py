@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Repository", "RepositoryLookup", "normalize_name", "is_git_dir"]
+__all__ = ["Repository", "RepositoryLookup", "normalize_name", "is_git_dir", "walk_git_dirs"]
 
 # Raw URL paths carrying an encoded separator, NUL or backslash are refused
 # before decoding: "team%2fapp" must not become a second spelling of "team/app".
@@ -167,24 +169,99 @@ class RepositoryLookup:
         return Repository(canonical, found)
 
     def names(self, max_depth: int = 4) -> list[str]:
-        """Public names of every repository under the root (for the index page), sorted."""
-        found: list[str] = []
-        for dirpath, dirnames, _files in os.walk(self.gitbase):
-            rel = os.path.relpath(dirpath, self.gitbase)
-            depth = 0 if rel == "." else rel.count(os.sep) + 1
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") or d == ".git")
-            if rel != "." and is_git_dir(dirpath):
-                parts = rel.split(os.sep)
-                if parts[-1] == ".git":
-                    parts.pop()
-                elif parts[-1].endswith(".git"):
-                    parts[-1] = parts[-1][:-4]
-                if parts and self.lookup("/".join(parts)) is not None:
-                    found.append("/".join(parts))
-                dirnames[:] = []
+        """Public names of every repository under the root (for the index page), sorted.
+
+        The git directories are those ``walk_git_dirs`` finds; each is listed
+        under the name ``lookup`` serves it by, and only if it does.
+        """
+        found: set[str] = set()
+        for path, _mtime, repo in walk_git_dirs(self.gitbase, max_depth):
+            if not repo:
                 continue
-            if ".git" in dirnames:
-                dirnames[:] = [".git"]
-            if depth >= max_depth:
-                dirnames[:] = []
-        return sorted(set(found))
+            parts = os.path.relpath(path, self.gitbase).split(os.sep)
+            if parts[-1] == ".git":
+                parts.pop()
+            elif parts[-1].endswith(".git"):
+                parts[-1] = parts[-1][:-4]
+            if parts and self.lookup("/".join(parts)) is not None:
+                found.add("/".join(parts))
+        return sorted(found)
+
+
+def _listable(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            for _entry in it:
+                pass
+    except OSError:
+        return False
+    return True
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def walk_git_dirs(
+    root: str, max_depth: int = 4, known: Mapping[str, tuple[int, bool]] | None = None
+) -> Iterator[tuple[str, int, bool]]:
+    """``(path, mtime_ns, is_git_dir)`` for every directory the repository walk visits.
+
+    The one walk behind ``RepositoryLookup.names`` and the index page's name
+    cache, so the two cannot disagree about where repositories are:
+
+    * hidden directories are skipped, except ``.git``; in a directory that
+      holds a ``.git`` (a work tree) only the ``.git`` is entered;
+    * a git directory below the root is reported and not entered;
+    * symlinked directories are not entered; nor is anything more than
+      ``max_depth`` levels below the root;
+    * a directory that cannot be listed is not entered, and is no git
+      directory (``os.walk`` never reports such a directory).
+
+    Each directory is reported with the mtime it had before it was looked
+    at (its git-directory test and listing), so a caller that keeps the
+    mtimes sees a change made during the walk on its next walk. ``known``
+    holds answers from an earlier walk (``path -> (mtime_ns, is_git_dir)``):
+    a directory whose mtime has not changed is not tested again (it gains or
+    loses ``HEAD``, ``objects/`` or ``refs/`` only by a change of its own
+    mtime). The root itself is never a git directory here.
+    """
+    try:
+        root_mtime = os.stat(root).st_mtime_ns
+    except OSError:
+        return
+    stack = [(root, 0, root_mtime)]
+    while stack:
+        path, depth, mtime = stack.pop()
+        repo = False
+        if depth > 0:
+            hit = known.get(path) if known is not None else None
+            if hit is not None and hit[0] == mtime:
+                repo = hit[1]
+            else:
+                repo = is_git_dir(path) and _listable(path)
+        yield path, mtime, repo
+        if repo:
+            continue
+        try:
+            with os.scandir(path) as it:
+                subdirs = sorted(
+                    e.name for e in it if _is_dir(e) and (not e.name.startswith(".") or e.name == ".git")
+                )
+        except OSError:
+            continue
+        if ".git" in subdirs:  # a work tree: only its .git counts
+            subdirs = [".git"]
+        if depth >= max_depth:
+            continue
+        for name in reversed(subdirs):
+            child = os.path.join(path, name)
+            try:
+                st = os.lstat(child)
+            except OSError:
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                stack.append((child, depth + 1, st.st_mtime_ns))

@@ -9,45 +9,39 @@ It has to stay fast with 10,000 repositories, so nothing it shows costs a
 git process per repository per request:
 
 * the names come from the lookup's ``names()`` walk, repeated only when a
-  directory it walked changed (``_NameCache``: one ``stat`` per directory
-  instead of the lookup's full check of every repository);
+  directory it walked changed (``summaries._NameCache``);
 * the requester is authenticated once, then authorised per name in batches,
   each a short slice of event-loop time (git transfers keep flowing);
 * only the rows of the page shown (``per_page``) are looked at on disk, and
-  what is read there (``description``, ``HEAD``, the last commit's time from
-  one ``git for-each-ref``) is cached per repository until the files it came
-  from change (``SummaryCache``).
+  what is read there is cached per repository until the files it came from
+  change (``summaries.SummaryCache``).
 
-Everything on disk is read in the WSGI thread pool, never on the event loop.
+The names and the summaries are read in the WSGI thread pool. The gate's
+decisions and the repository lookup run on the event loop, one short trip
+each, the way the gate itself calls them (``legacy.call_hook``).
 """
 
 from __future__ import annotations
 
 import html
-import inspect
 import logging
-import os
 import re
-import subprocess
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
 
 from ..access.gate import Gate, OpenAccess
-from ..access.repos import Repository, RepositoryLookup, is_git_dir
+from ..access.legacy import call_hook
+from ..access.repos import Repository
 from ..access.rights import AccessRequest
 from ..errors import GitAccessError
+from .summaries import RepoSummary, SummaryCache, cached_names
 from .wsgi import access_request, refuse, respond, run_on_loop
 
-__all__ = ["IndexApp", "RepoSummary", "SummaryCache", "read_description", "read_default_branch"]
+__all__ = ["IndexApp", "clone_urls"]
 
 app_log = logging.getLogger("gittornado.application")
 
-#: git's own text in a new repository's ``description``: not worth showing.
-_DEFAULT_DESCRIPTION = "Unnamed repository;"
 #: Names authorised per trip to the event loop (each trip is one short slice of loop time).
 _BATCH = 500
 #: The page needs no script and nothing from elsewhere: the browser may run and load none.
@@ -57,232 +51,6 @@ _POLICY = (
 )
 #: A Host header we repeat in clone URLs: host name or address, optional port.
 _HOST = re.compile(r"[A-Za-z0-9._~\-]+(?::\d{1,5})?\Z|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?\Z")
-
-
-# -- what the page reads from disk ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RepoSummary:
-    """What the index shows about one repository besides its name."""
-
-    description: str | None = None
-    default_branch: str | None = None
-    last_commit: int | None = None  #: committer time (Unix seconds) of the newest branch tip
-
-
-def _read_small(path: str, limit: int = 4096) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
-def read_description(git_dir: str) -> str | None:
-    """The first line of ``description``, unless it is git's placeholder text."""
-    text = _read_small(os.path.join(git_dir, "description"))
-    if not text:
-        return None
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if not line or line.startswith(_DEFAULT_DESCRIPTION):
-        return None
-    return line[:300]
-
-
-def read_default_branch(git_dir: str) -> str | None:
-    """HEAD's branch, read from the file (no git process); None when HEAD names none."""
-    head = os.path.join(git_dir, "HEAD")
-    if os.path.islink(head):  # git before 1.5 wrote HEAD as a symlink
-        target = os.readlink(head)
-        return target[len("refs/heads/") :] if target.startswith("refs/heads/") else None
-    text = _read_small(head, 1024)
-    if text is None or not text.startswith("ref:"):
-        return None
-    ref = text[4:].strip()
-    if not ref.startswith("refs/heads/") or ref == "refs/heads/.invalid":  # reftable's stub
-        return None
-    return ref[len("refs/heads/") :]
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _validators(git_dir: str) -> tuple:
-    """What changes whenever HEAD, the description or a branch does.
-
-    git moves a ref by renaming a lock file in the ref's directory, so the
-    mtime of ``refs/heads`` and each directory below it changes with every
-    branch update; ``packed-refs`` and ``HEAD`` are replaced the same way;
-    reftable repositories rewrite ``reftable/tables.list``.
-    """
-    heads = os.path.join(git_dir, "refs", "heads")
-    dirs = []
-    for dirpath, _dirnames, _files in os.walk(heads):
-        dirs.append((dirpath, _stamp(dirpath)))
-    return (
-        _stamp(os.path.join(git_dir, "HEAD")),
-        _stamp(os.path.join(git_dir, "description")),
-        _stamp(os.path.join(git_dir, "packed-refs")),
-        _stamp(os.path.join(git_dir, "reftable", "tables.list")),
-        tuple(dirs),
-    )
-
-
-class SummaryCache:
-    """``summary(git_dir)``, recomputed only when the files it was read from change.
-
-    Safe to share between the WSGI threads: two threads may compute the same
-    entry at once, and either answer is right.
-    """
-
-    def __init__(self, git: str = "git", max_entries: int = 100_000) -> None:
-        self.git = git
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[tuple, RepoSummary]] = {}
-        self.computed = 0  #: summaries computed (not served from the cache): for tests
-
-    def summary(self, git_dir: str) -> RepoSummary:
-        validators = _validators(git_dir)
-        hit = self._entries.get(git_dir)
-        if hit is not None and hit[0] == validators:
-            return hit[1]
-        summary = RepoSummary(
-            description=read_description(git_dir),
-            default_branch=read_default_branch(git_dir),
-            last_commit=self._last_commit(git_dir),
-        )
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[git_dir] = (validators, summary)
-        self.computed += 1
-        return summary
-
-    def _last_commit(self, git_dir: str) -> int | None:
-        """The newest branch tip's committer time: one ``git for-each-ref``.
-
-        Reading it without git means inflating a loose or packed (possibly
-        deltified) commit; git does that right for every repository format,
-        and the cache makes it once per change, not once per request.
-        """
-        argv = [
-            self.git,
-            "--git-dir",
-            git_dir,
-            "-c",
-            f"safe.directory={git_dir}",
-            "for-each-ref",
-            "--count=1",
-            "--sort=-committerdate",
-            "--format=%(committerdate:unix)",
-            "refs/heads",
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        try:
-            proc = subprocess.run(argv, capture_output=True, timeout=10, env=env, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            app_log.warning("index: cannot read the last commit of %s: %s", git_dir, exc)
-            return None
-        out = proc.stdout.strip()
-        if proc.returncode != 0 or not out.isdigit():
-            if proc.returncode != 0:
-                app_log.info(
-                    "index: git for-each-ref in %s failed: %s",
-                    git_dir,
-                    proc.stderr.decode("utf-8", "replace").strip()[:200],
-                )
-            return None
-        return int(out)
-
-
-class _NameCache:
-    """``RepositoryLookup.names()``, walked again only when a directory it walked changed.
-
-    ``names()`` checks every repository in full (containment, symlinks,
-    alternates): about 150 µs each, 1.5 s for 10,000. Creating, removing or
-    renaming a repository changes the mtime of its parent directory, and
-    ``git init`` in an existing directory changes that directory's, so one
-    ``stat`` per directory (walked the way ``names()`` walks) tells when the
-    list may have changed. A change deeper inside a repository (a symlink
-    swapped into ``objects/pack``) shows on the next change of the tree; the
-    gate still checks the repository itself on every request for it.
-    """
-
-    def __init__(self, lookup: RepositoryLookup, max_depth: int = 4) -> None:
-        self.lookup = lookup
-        self.max_depth = max_depth
-        self._lock = threading.Lock()
-        self._signature: list | None = None
-        self._names: list[str] = []
-        self._is_repo: dict[str, tuple[int, bool]] = {}
-        self.walks = 0  #: full ``names()`` walks so far: for tests
-
-    def __call__(self) -> list[str]:
-        signature = self._walk()  # before names(): a change during it shows next time
-        with self._lock:
-            if signature != self._signature:
-                self._names = self.lookup.names(self.max_depth)
-                self._signature = signature
-                self.walks += 1
-            return self._names
-
-    def _repo(self, path: str, mtime: int, seen: dict[str, tuple[int, bool]]) -> bool:
-        # A directory becomes (or stops being) a git directory only by gaining or
-        # losing HEAD, objects/ or refs/, which changes its own mtime.
-        hit = self._is_repo.get(path)
-        found = hit[1] if hit is not None and hit[0] == mtime else is_git_dir(path)
-        seen[path] = (mtime, found)
-        return found
-
-    def _walk(self) -> list[tuple[str, int]]:
-        signature: list[tuple[str, int]] = []
-        seen: dict[str, tuple[int, bool]] = {}
-        try:
-            root_mtime = os.stat(self.lookup.gitbase).st_mtime_ns
-        except OSError:
-            return signature
-        stack = [(self.lookup.gitbase, 0, root_mtime)]
-        while stack:
-            path, depth, mtime = stack.pop()
-            signature.append((path, mtime))
-            if depth > 0 and self._repo(path, mtime, seen):
-                continue
-            if depth >= self.max_depth:
-                continue
-            try:
-                with os.scandir(path) as it:
-                    subdirs = [
-                        e
-                        for e in it
-                        if e.is_dir(follow_symlinks=False)
-                        and (not e.name.startswith(".") or e.name == ".git")
-                    ]
-            except OSError:
-                continue
-            if any(e.name == ".git" for e in subdirs):  # a work tree: only its .git counts
-                subdirs = [e for e in subdirs if e.name == ".git"]
-            for entry in subdirs:
-                try:
-                    child_mtime = entry.stat(follow_symlinks=False).st_mtime_ns
-                except OSError:
-                    continue
-                stack.append((entry.path, depth + 1, child_mtime))
-        self._is_repo = seen
-        signature.sort()
-        return signature
-
-
-def cached_names(names: Callable[[], Iterable[str]]) -> Callable[[], Iterable[str]]:
-    """``names`` with ``_NameCache`` in front when it is the default lookup's own walk."""
-    owner = getattr(names, "__self__", None)
-    if isinstance(owner, RepositoryLookup) and getattr(names, "__func__", None) is RepositoryLookup.names:
-        return _NameCache(owner)
-    return names
 
 
 # -- the page ---------------------------------------------------------------------------------
@@ -342,7 +110,7 @@ class IndexApp:
     repositories it lists); a request with wrong ones is asked again (401).
 
     :arg names: the repository names (``RepositoryLookup.names``: cached by
-        directory mtimes, see ``_NameCache``).
+        directory mtimes, see ``summaries._NameCache``).
     :arg ssh_url: prefix of SSH clone URLs (``git@host:``) when SSH is offered.
     :arg browse: link each name to its page in the code browser (``--web``).
     :arg per_page: rows per page (``?page=N``); ``?q=text`` filters by name.
@@ -448,24 +216,13 @@ class IndexApp:
 
     def _summary(self, environ: dict, name: str) -> RepoSummary | None:
         try:
-            found = self._lookup(environ, name)
+            found = run_on_loop(environ, call_hook(self.gate.lookup, "lookup", name))
         except Exception:
             app_log.exception("index: looking up %r failed", name)
             return None
         if found is None:
             return None
         return self.summaries.summary(found.path if isinstance(found, Repository) else str(found))
-
-    def _lookup(self, environ: dict, name: str) -> Any:
-        lookup = self.gate.lookup
-        result = (getattr(lookup, "lookup", None) or lookup)(name)
-        if inspect.isawaitable(result):
-
-            async def wait() -> Any:
-                return await result
-
-            result = run_on_loop(environ, wait())
-        return result
 
     # -- HTML -----------------------------------------------------------------------------------
     def _row(self, environ: dict, name: str, summary: RepoSummary | None) -> str:
