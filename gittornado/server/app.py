@@ -25,7 +25,8 @@ from ..transports.httpbase import GitConfig, config_for
 from ..transports.smarthttp import InfoRefsHandler, RPCHandler
 from ..transports.websocket import GitWebSocketHandler, WebSocketUpgrade
 from ..web.ops import count_request, ops_routes
-from ..web.wsgi import FallbackHandler, make_fallback
+from ..web.site import make_fallback
+from ..web.wsgi import FallbackHandler
 
 __all__ = ["routes", "make_app"]
 

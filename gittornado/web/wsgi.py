@@ -1,4 +1,4 @@
-"""Everything that is not a git URL: an embedded WSGI app, or the built-in index page.
+"""Everything that is not a git URL is served by a WSGI app: the container it runs in.
 
 The WSGI app always runs in a thread pool (``WSGIContainer`` with an
 executor): on the event loop it would stall every git transfer. There is one
@@ -6,9 +6,10 @@ such container per fallback, not per request: Tornado builds a handler for
 every request, and a pool per handler is a thread per request.
 
 This module is also the WSGI side of the access seam, shared by the index
-page (``gittornado.index``) and the code browser (``gittornado.browse``): a
-WSGI app asks the same ``Gate`` the git handlers ask, on the event loop that
-owns it, and maps its refusals to the statuses SPEC prescribes.
+page (``web.index``) and the code browser (``web.browse``): a WSGI app asks
+the same ``Gate`` the git handlers ask, on the event loop that owns it, and
+maps its refusals to the statuses SPEC prescribes. It imports neither of
+them; the app built from both is ``web.site.make_fallback``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import http
 import logging
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import tornado.web
 import tornado.wsgi
@@ -29,14 +30,9 @@ from ..errors import GitAccessError
 from ..protocol.services import READ
 from ..transports.httpbase import parse_basic_auth
 
-if TYPE_CHECKING:
-    from .index import IndexApp
-
 __all__ = [
     "FallbackHandler",
-    "IndexApp",
     "wsgi_container",
-    "make_fallback",
     "run_on_loop",
     "access_request",
     "refuse",
@@ -207,44 +203,3 @@ def refuse(start_response: Callable, exc: GitAccessError, realm: str) -> list[by
     except ValueError:
         status = 500
     return respond(start_response, status, f"{exc}\n", headers=headers)
-
-
-def __getattr__(name: str) -> Any:
-    # IndexApp moved to gittornado.index; imported on use (index imports this module).
-    if name == "IndexApp":
-        from .index import IndexApp
-
-        return IndexApp
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def make_fallback(
-    gate: Any,
-    lookup: Any,
-    *,
-    prefix: str = "",
-    realm: str = "gittornado",
-    index: bool = True,
-    web: bool = False,
-    ssh_url: str | None = None,
-    git: str = "git",
-) -> Callable | None:
-    """The fallback ``make_app`` builds: the index page, and with ``web`` the code browser too.
-
-    Raises ``ValueError`` (with the ``pip install`` line) when ``web`` is asked
-    for and klaus is not installed, so the server fails at start, not per request.
-    """
-    index_app = None
-    if index:
-        if not hasattr(lookup, "names"):
-            raise ValueError("the index page needs a lookup with names(); pass index=False")
-        from .index import IndexApp
-
-        index_app = IndexApp(
-            gate, lookup.names, prefix=prefix, realm=realm, ssh_url=ssh_url, browse=web, git=git
-        )
-    if not web:
-        return index_app
-    from .browse import BrowseApp
-
-    return BrowseApp(gate, index=index_app, prefix=prefix, realm=realm)
