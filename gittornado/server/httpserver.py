@@ -18,6 +18,8 @@ every 5 s). ``GitHTTPServer`` is ``HTTPServer`` plus:
   listening sockets are left alone for ``accept_pause`` seconds at a time,
   with one log line when it starts and one when it ends.
 
+The connections themselves (counts, caps, header deadlines) are kept by a
+``connections.ConnectionTable``; this module listens, accepts and refuses.
 Request bodies are watched elsewhere: the git engine drops a push or fetch
 whose body stalls (``body_idle_timeout``).
 """
@@ -25,12 +27,9 @@ whose body stalls (``body_idle_timeout``).
 from __future__ import annotations
 
 import errno
-import logging
-import resource
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
@@ -41,10 +40,9 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from ..transports.chunked import FastBodyConnection
+from .connections import ConnectionTable, Episode, default_max_connections, raise_open_file_limit
 
 __all__ = ["GitHTTPServer", "default_max_connections", "raise_open_file_limit"]
-
-log = logging.getLogger("gittornado.general")
 
 #: accept() errors that mean "no descriptor (or memory) for another connection".
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -54,108 +52,19 @@ _ACCEPT_BATCH = 128
 _MAX_REFUSING = 64
 #: Seconds a refused client gets to read its 503 before the socket closes.
 _REFUSAL_LINGER = 1.0
-#: Descriptors kept back from connections for git's pipes, files and the server itself.
-_FD_RESERVE = 64
 #: Largest piece of a request body read and handed to a handler at once (Tornado: 64 KiB).
 #: With ``gittornado.chunked`` a push costs a loop turn per piece, not per ~23 KiB chunk;
 #: 1 MiB saved no more CPU and added ~7 MiB to the peak RSS during a push.
 _CHUNK_SIZE = 256 * 1024
 
 
-def raise_open_file_limit(target: int = 65536) -> int:
-    """Raise the soft open-file limit towards the hard one (at most ``target``); the new soft limit.
-
-    Tornado polls with epoll, not select(), so descriptors past 1024 are fine;
-    many systems still start services with a soft limit of 1024.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = target if hard == resource.RLIM_INFINITY else min(hard, target)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def default_max_connections(limit: int | None = None) -> int:
-    """Connections per worker by default: half the descriptors left after a reserve.
-
-    The other half is for git: each running git holds a few pipes and files
-    in the server. Never fewer than 8 (a tiny limit is then reached by
-    descriptors, and accepting pauses), never more than 10,000.
-    """
-    if limit is None:
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit == resource.RLIM_INFINITY:
-        return 10_000
-    return max(8, min(10_000, (limit - _FD_RESERVE) // 2))
-
-
-class _Episode:
-    """One log line when trouble starts, one when it ends (with a count), none between.
-
-    It ends only after ``quiet`` seconds without trouble, so a server held at
-    its limit (room made and taken again many times a second) logs one
-    episode, not two lines per connection.
-    """
-
-    def __init__(self, start: str, end: str, level: int = logging.WARNING) -> None:
-        self._start, self._end, self._level = start, end, level
-        self.active = False
-        self.count = 0
-        self.since = self.last = 0.0
-
-    def hit(self, *args: Any) -> None:
-        self.count += 1
-        self.last = time.monotonic()
-        if not self.active:
-            self.active, self.since = True, self.last
-            log.log(self._level, self._start, *args)
-
-    def quiet(self, now: float, seconds: float) -> bool:
-        return self.active and now - self.last >= seconds
-
-    def over(self) -> None:
-        if self.active:
-            log.info(self._end, self.count, time.monotonic() - self.since)
-            self.active, self.count = False, 0
-
-
-@dataclass
-class _Conn:
-    """What the server knows of one open connection."""
-
-    ip: str
-    opened: float
-    #: Waiting for a request's headers since (None: a request is being handled).
-    waiting_since: float | None = None
-    #: When bytes of the awaited request were first seen (None: none yet).
-    partial_since: float | None = None
-    first: bool = True
-    detached: bool = False
-
-
-class _Watched(tornado.httputil.HTTPMessageDelegate):
-    """Passes a request through, noting when its headers are complete."""
-
-    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, conn: _Conn) -> None:
-        self._delegate, self._conn = delegate, conn
-
-    def headers_received(self, start_line, headers):
-        self._conn.waiting_since = self._conn.partial_since = None
-        self._conn.first = False
-        return self._delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes):
-        return self._delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self._delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self._delegate.on_connection_close()
+def _table_setting(name: str) -> property:
+    """The server's view of a setting its ``ConnectionTable`` keeps (read and written there)."""
+    return property(
+        lambda self: getattr(self._table, name),
+        lambda self, value: setattr(self._table, name, value),
+        doc=f"The ``ConnectionTable``'s ``{name}``.",
+    )
 
 
 class GitHTTPServer(tornado.httpserver.HTTPServer):
@@ -187,39 +96,37 @@ class GitHTTPServer(tornado.httpserver.HTTPServer):
         kwargs.setdefault("idle_connection_timeout", idle_timeout)
         kwargs.setdefault("chunk_size", _CHUNK_SIZE)
         super().initialize(request_callback, **kwargs)
-        self.max_connections = max_connections or None
-        self.max_connections_per_ip = max_connections_per_ip or None
-        self.header_timeout = header_timeout
+        self._table = ConnectionTable(max_connections or None, max_connections_per_ip or None, header_timeout)
         self.idle_timeout = idle_timeout
         self.accept_pause = accept_pause
         self.retry_after = retry_after
-        #: Seconds without refusals (or pauses) before an episode's end is logged.
-        self.episode_quiet = 10.0
-        self._conns: dict[IOStream, _Conn] = {}
-        self._per_ip: dict[str, int] = {}
         self._refusing = 0
         self._sweeper: PeriodicCallback | None = None
         self._paused = False
         self._closed_listeners = False
-        self._timed_out = 0
-        self._timeout_logged = 0.0
-        self._full = _Episode(
-            "connection cap reached (%d open): refusing new connections with 503",
-            "below the connection cap again: %d connections refused in %.0fs",
-        )
-        self._crowded: dict[str, _Episode] = {}
-        self._no_fds = _Episode(
+        self._no_fds = Episode(
             "out of file descriptors (%s) with %d connections open: accepting paused",
             "accepting again: %d pauses for want of descriptors over %.0fs",
         )
 
+    #: Settings the server's ``ConnectionTable`` reads (they may be changed after start).
+    max_connections = _table_setting("max_connections")
+    max_connections_per_ip = _table_setting("max_connections_per_ip")
+    header_timeout = _table_setting("header_timeout")
+    #: Seconds without refusals (or pauses) before an episode's end is logged.
+    episode_quiet = _table_setting("episode_quiet")
+
     # -- figures ----------------------------------------------------------------------------
     @property
     def open_connections(self) -> int:
-        return len(self._conns)
+        return len(self._table)
 
     def connections_from(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
+        return self._table.from_ip(ip)
+
+    def busy_requests(self) -> int:
+        """HTTP requests between their headers and the end of their answer (what a shutdown waits for)."""
+        return self._table.busy_requests()
 
     # -- accepting ---------------------------------------------------------------------------
     def add_sockets(self, sockets) -> None:
@@ -257,7 +164,7 @@ class GitHTTPServer(tornado.httpserver.HTTPServer):
 
     def _pause(self, code: str) -> None:
         """Stop accepting for ``accept_pause`` seconds; the kernel queues new connections meanwhile."""
-        self._no_fds.hit(code, len(self._conns))
+        self._no_fds.hit(code, len(self._table))
         self._sweeping()
         self._paused = True
         loop = IOLoop.current()
@@ -282,24 +189,11 @@ class GitHTTPServer(tornado.httpserver.HTTPServer):
     # -- connections ---------------------------------------------------------------------
     def handle_stream(self, stream: IOStream, address: Any) -> None:
         ip = address[0] if isinstance(address, tuple) and address else ""
-        if self.max_connections is not None and len(self._conns) >= self.max_connections:
-            self._full.hit(len(self._conns))
-            self._refuse(stream, "the server has too many open connections")
+        reason = self._table.refusal(ip)
+        if reason is not None:
+            self._refuse(stream, reason)
             return
-        per_ip = self.max_connections_per_ip
-        if per_ip is not None and ip and self._per_ip.get(ip, 0) >= per_ip:
-            episode = self._crowded.get(ip)
-            if episode is None and len(self._crowded) < 1000:
-                episode = self._crowded[ip] = _Episode(
-                    f"address {ip} reached its cap of %d open connections: refusing more with 503",
-                    f"address {ip} below its connection cap again: %d connections refused in %.0fs",
-                )
-            if episode is not None:
-                episode.hit(per_ip)
-            self._refuse(stream, "too many open connections from your address")
-            return
-        self._conns[stream] = _Conn(ip=ip, opened=time.monotonic())
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self._table.add(stream, ip)
         self._sweeping()
         super().handle_stream(stream, address)
 
@@ -315,75 +209,19 @@ class GitHTTPServer(tornado.httpserver.HTTPServer):
             # swapped before it reads anything of the request.
             request_conn.__class__ = FastBodyConnection
         delegate = super().start_request(server_conn, request_conn)
-        conn = self._conns.get(getattr(server_conn, "stream", None))
-        if conn is None:
-            return delegate
-        conn.waiting_since, conn.partial_since = time.monotonic(), None
-        return _Watched(delegate, conn)
+        return self._table.watch(getattr(server_conn, "stream", None), delegate)
 
     def on_close(self, server_conn: Any) -> None:
         super().on_close(server_conn)
-        stream = getattr(server_conn, "stream", None)
-        conn = self._conns.get(stream)
-        if conn is None:
-            return
-        if stream.closed():
-            self._forget(stream)
-        else:  # detached (a WebSocket): still open, still counted, until it closes
-            conn.detached = True
-            conn.waiting_since = None
-
-    def _forget(self, stream: IOStream) -> None:
-        conn = self._conns.pop(stream, None)
-        if conn is None:
-            return
-        left = self._per_ip.get(conn.ip, 1) - 1
-        if left > 0:
-            self._per_ip[conn.ip] = left
-        else:
-            self._per_ip.pop(conn.ip, None)
+        self._table.closed(getattr(server_conn, "stream", None))
 
     def _sweep(self) -> None:
         """Once a second (or a quarter): forget closed connections, close late or stalled ones."""
         now = time.monotonic()
-        for stream, conn in list(self._conns.items()):
-            if stream.closed():
-                self._forget(stream)
-                continue
-            if conn.detached or conn.waiting_since is None or self.header_timeout is None:
-                continue
-            if conn.first:
-                deadline = conn.opened + self.header_timeout
-            else:
-                if conn.partial_since is None and getattr(stream, "_read_buffer_size", 0):
-                    conn.partial_since = now
-                if conn.partial_since is None:
-                    continue  # idle between requests: Tornado's idle timeout applies
-                deadline = conn.partial_since + self.header_timeout
-            if now >= deadline:
-                self._timed_out += 1
-                stream.close()
-                self._forget(stream)
-        if self._timed_out and now - self._timeout_logged >= 60.0:
-            log.info(
-                "closed %d connections whose request headers took over %gs",
-                self._timed_out,
-                self.header_timeout,
-            )
-            self._timed_out, self._timeout_logged = 0, now
-        quiet = self.episode_quiet
-        if self._full.quiet(now, quiet) and (
-            self.max_connections is None or len(self._conns) < self.max_connections
-        ):
-            self._full.over()
-        for ip, episode in list(self._crowded.items()):
-            if episode.quiet(now, quiet) and self._per_ip.get(ip, 0) < (self.max_connections_per_ip or 1):
-                episode.over()
-                del self._crowded[ip]
-        if self._no_fds.quiet(now, quiet) and not self._paused:
+        watching = self._table.sweep(now)
+        if self._no_fds.quiet(now, self.episode_quiet) and not self._paused:
             self._no_fds.over()
-        episodes = self._full.active or self._no_fds.active or self._crowded
-        if not self._conns and not episodes and self._sweeper is not None:
+        if not watching and not self._no_fds.active and self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
 

@@ -32,8 +32,8 @@ _QUARANTINE_PREFIX = "tmp_objdir-incoming-"
 
 def _busy_requests(server: Any) -> int:
     """HTTP requests between their headers and the end of their answer (``GitHTTPServer``)."""
-    conns = getattr(server, "_conns", {})
-    return sum(1 for c in conns.values() if c.waiting_since is None and not c.detached)
+    busy = getattr(server, "busy_requests", None)
+    return busy() if busy is not None else 0
 
 
 async def drain(server: Any, grace: float, hurry: asyncio.Event | None = None) -> None:
