@@ -1,3 +1,5 @@
+"""``python -m gittornado``: the ``gittornado`` command (the server, and its subcommands)."""
+
 import sys
 
 from .server.cli import main

@@ -13,7 +13,7 @@ from passlib.hash import bcrypt
 
 from gittornado.access.accessfile import AccessFile
 from gittornado.access.accessrules import PASSWORD_CONTEXT, parse_access_file
-from gittornado.server.cli import update_users_section
+from gittornado.server.passwd import update_users_section
 
 
 def script(name: str) -> str:
