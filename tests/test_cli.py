@@ -85,6 +85,54 @@ def test_bad_options_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
 
 
+def test_startup_errors_are_one_line_and_status_2(tmp_path):
+    def run(*args):
+        return subprocess.run(
+            ["gittornado", "--gitbase", str(tmp_path), "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    for args, message in [
+        (["--certfile", str(tmp_path / "no.pem"), "--keyfile", str(tmp_path / "no.key")], "--certfile"),
+        (["--certfile", str(tmp_path / "no.pem")], "--certfile and --keyfile go together"),
+        (["--processes", "-1"], "--processes must be >= 0"),
+        (["--prefix", "git"], "--prefix must be a plain absolute path"),
+        (["--log-file", str(tmp_path / "no" / "such.log")], "cannot log to"),
+    ]:
+        proc = run(*args)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_log_file_and_sizes_with_units(gitbase, tmp_path):
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        ["gittornado", "--address", "127.0.0.1", "--port", "0", "--log-file", str(log)]
+        + ["--max-push-size", "1M", "--max-upload-pack-request", "65536"],
+        cwd=gitbase,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def port():
+        if proc.poll() is not None:
+            raise AssertionError("server exited:\n" + proc.stderr.read())
+        m = log.exists() and re.search(
+            r"gittornado\[\d+\] INFO .*serving .* on http://127\.0\.0\.1:(\d+)/", log.read_text()
+        )
+        return m and int(m.group(1))
+
+    try:
+        port = wait_for(port, message="the 'serving' line in the log file")
+        git("ls-remote", f"http://127.0.0.1:{port}/app")
+    finally:
+        assert stop(proc) == 0
+    assert proc.stderr.read() == ""  # every line went to the file
+    assert "stopped" in log.read_text()
+
+
 def test_processes_forks_workers(gitbase, tmp_path):
     proc, port = start(["--processes", "2"], cwd=gitbase)
     try:
