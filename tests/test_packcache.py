@@ -17,17 +17,17 @@ import time
 import pytest
 from conftest import git, rev, wait_for
 
-from gittornado.engine import packcache
-from gittornado.engine.packcache import (
+from gittornado.engine import packcache, packhook
+from gittornado.engine.packcache import PackCache
+from gittornado.engine.packhook import (
     FOOTER_SIZE,
-    PackCache,
     cache_key,
     choose_evictions,
     config_without_hook,
     key_material,
 )
 
-HOOK = packcache.__file__
+HOOK = packhook.__file__
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_key_separates_what_changes_the_pack_and_nothing_else():
 
 def test_the_hooks_own_setting_is_not_in_the_key():
     """Servers sharing a directory (HTTP, gittornado-shell) share keys whatever their sizes."""
-    hook = "'uploadpack.packObjectsHook'='/usr/bin/python3 -I -S '\\''/a b/packcache.py'\\'' 5'"
+    hook = "'uploadpack.packObjectsHook'='/usr/bin/python3 -I -S '\\''/a b/packhook.py'\\'' 5'"
     params = f"'uploadpack.allowFilter'='true' {hook} 'pack.window'='10'"
     assert config_without_hook(params) == "'uploadpack.allowFilter'='true' 'pack.window'='10'"
     assert config_without_hook("'uploadpack.packobjectshook=x y' 'a.b=c'") == "'a.b=c'"
@@ -138,13 +138,13 @@ def test_the_hooks_own_setting_is_not_in_the_key():
 
 
 def test_footer_round_trip_and_what_is_not_an_entry():
-    assert packcache.footer(5) == b"GTPACK\x00\x01" + b"\x00" * 7 + b"\x05"
+    assert packhook.footer(5) == b"GTPACK\x00\x01" + b"\x00" * 7 + b"\x05"
     assert FOOTER_SIZE == 16
-    assert packcache.parse_footer(packcache.footer(5), 21) == 5
-    assert packcache.parse_footer(packcache.footer(5), 20) is None  # truncated
-    assert packcache.parse_footer(packcache.footer(5), 22) is None  # appended to
-    assert packcache.parse_footer(b"PACK" + b"\x00" * 12, 16) is None  # no magic
-    assert packcache.parse_footer(b"", 3) is None
+    assert packhook.parse_footer(packhook.footer(5), 21) == 5
+    assert packhook.parse_footer(packhook.footer(5), 20) is None  # truncated
+    assert packhook.parse_footer(packhook.footer(5), 22) is None  # appended to
+    assert packhook.parse_footer(b"PACK" + b"\x00" * 12, 16) is None  # no magic
+    assert packhook.parse_footer(b"", 3) is None
 
 
 def test_choose_evictions_least_recently_used_first():
@@ -181,8 +181,8 @@ def test_hook_imports_only_built_in_modules(tmp_path):
     proc = subprocess.run([*argv[:3], "-X", "importtime", *argv[3:5]], capture_output=True)
     assert proc.returncode == 128 and b"usage" in proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
-    assert "packcache" in imported
-    for heavy in ("hashlib", "subprocess", "threading", "tornado", "gittornado", "shlex"):
+    assert "packhook" in imported
+    for heavy in ("hashlib", "subprocess", "threading", "tornado", "gittornado", "shlex", "packcache"):
         assert heavy not in imported
 
 
@@ -200,24 +200,24 @@ def test_trim_evicts_oldest_and_removes_only_dead_writers_files(tmp_path):
 
     with open(directory / "busy.part", "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        packcache.trim(str(directory), 250)
+        packhook.trim(str(directory), 250)
     assert sorted(os.listdir(directory)) == ["busy.part", "mid.pack", "new.pack", "young.part"]
 
 
 def test_repo_state_follows_tags_not_branches(tmp_path, fixture_repo):
     repo = tmp_path / "r.git"
     git("clone", "-q", "--bare", str(fixture_repo), str(repo))
-    before = packcache.repo_state(str(repo), True)
-    assert packcache.repo_state(str(repo), True) == before
+    before = packhook.repo_state(str(repo), True)
+    assert packhook.repo_state(str(repo), True) == before
     git("update-ref", "refs/heads/other", "main", cwd=repo)
-    assert packcache.repo_state(str(repo), True) == before  # a branch: the wants say it
+    assert packhook.repo_state(str(repo), True) == before  # a branch: the wants say it
     time.sleep(0.01)
     git("tag", "-a", "-m", "t", "v2", "main", cwd=repo)
-    tagged = packcache.repo_state(str(repo), True)
+    tagged = packhook.repo_state(str(repo), True)
     assert tagged != before
-    assert packcache.repo_state(str(repo), False) == packcache.repo_state(str(repo), False)
+    assert packhook.repo_state(str(repo), False) == packhook.repo_state(str(repo), False)
     git("pack-refs", "--all", cwd=repo)
-    assert packcache.repo_state(str(repo), True) != tagged
+    assert packhook.repo_state(str(repo), True) != tagged
 
 
 # -- the hook on its own: followers, failures ----------------------------------------------------
