@@ -17,9 +17,9 @@ import time
 import pytest
 from conftest import git, rev, wait_for
 
-from gittornado.engine import packcache, packhook
+from gittornado.engine import packcache, packhook, packkey
 from gittornado.engine.packcache import PackCache
-from gittornado.engine.packhook import (
+from gittornado.engine.packkey import (
     FOOTER_SIZE,
     cache_key,
     choose_evictions,
@@ -138,13 +138,13 @@ def test_the_hooks_own_setting_is_not_in_the_key():
 
 
 def test_footer_round_trip_and_what_is_not_an_entry():
-    assert packhook.footer(5) == b"GTPACK\x00\x01" + b"\x00" * 7 + b"\x05"
+    assert packkey.footer(5) == b"GTPACK\x00\x01" + b"\x00" * 7 + b"\x05"
     assert FOOTER_SIZE == 16
-    assert packhook.parse_footer(packhook.footer(5), 21) == 5
-    assert packhook.parse_footer(packhook.footer(5), 20) is None  # truncated
-    assert packhook.parse_footer(packhook.footer(5), 22) is None  # appended to
-    assert packhook.parse_footer(b"PACK" + b"\x00" * 12, 16) is None  # no magic
-    assert packhook.parse_footer(b"", 3) is None
+    assert packkey.parse_footer(packkey.footer(5), 21) == 5
+    assert packkey.parse_footer(packkey.footer(5), 20) is None  # truncated
+    assert packkey.parse_footer(packkey.footer(5), 22) is None  # appended to
+    assert packkey.parse_footer(b"PACK" + b"\x00" * 12, 16) is None  # no magic
+    assert packkey.parse_footer(b"", 3) is None
 
 
 def test_choose_evictions_least_recently_used_first():
@@ -180,10 +180,27 @@ def test_hook_imports_only_built_in_modules(tmp_path):
     argv = hook_argv(tmp_path / "c")
     proc = subprocess.run([*argv[:3], "-X", "importtime", *argv[3:5]], capture_output=True)
     assert proc.returncode == 128 and b"usage" in proc.stderr
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
-    assert "packhook" in imported
+    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in lines[1:]}  # lines[0]: the header
+    assert {"packhook", "packkey"} <= imported  # both top-level, next to each other
     for heavy in ("hashlib", "subprocess", "threading", "tornado", "gittornado", "shlex", "packcache"):
         assert heavy not in imported
+    # Nothing but the standard library (``_sha2`` is, from 3.12) and the hook's two modules.
+    others = {name.split(".")[0] for name in imported} - set(sys.stdlib_module_names)
+    assert others <= {"packhook", "packkey", "_sha2"}
+
+
+def test_the_hook_and_the_server_share_one_packkey():
+    """In the package, packhook's ``packkey`` is the package's: not a second, top-level copy."""
+    assert packhook.packkey is packkey and packcache.packkey is packkey
+    assert os.path.dirname(packkey.__file__) == os.path.dirname(HOOK)
+
+
+def test_a_stub_of_a_server_started_before_packhook_still_runs(tmp_path):
+    """Older servers' stubs import the top-level ``packcache``, which brings the hook along."""
+    stub = packcache._STUB.replace("packhook", "packcache") % os.path.dirname(HOOK)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", stub], capture_output=True)
+    assert proc.returncode == 128 and proc.stderr.startswith(b"pack cache: usage")
 
 
 def test_trim_evicts_oldest_and_removes_only_dead_writers_files(tmp_path):
@@ -200,24 +217,24 @@ def test_trim_evicts_oldest_and_removes_only_dead_writers_files(tmp_path):
 
     with open(directory / "busy.part", "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        packhook.trim(str(directory), 250)
+        packkey.trim(str(directory), 250)
     assert sorted(os.listdir(directory)) == ["busy.part", "mid.pack", "new.pack", "young.part"]
 
 
 def test_repo_state_follows_tags_not_branches(tmp_path, fixture_repo):
     repo = tmp_path / "r.git"
     git("clone", "-q", "--bare", str(fixture_repo), str(repo))
-    before = packhook.repo_state(str(repo), True)
-    assert packhook.repo_state(str(repo), True) == before
+    before = packkey.repo_state(str(repo), True)
+    assert packkey.repo_state(str(repo), True) == before
     git("update-ref", "refs/heads/other", "main", cwd=repo)
-    assert packhook.repo_state(str(repo), True) == before  # a branch: the wants say it
+    assert packkey.repo_state(str(repo), True) == before  # a branch: the wants say it
     time.sleep(0.01)
     git("tag", "-a", "-m", "t", "v2", "main", cwd=repo)
-    tagged = packhook.repo_state(str(repo), True)
+    tagged = packkey.repo_state(str(repo), True)
     assert tagged != before
-    assert packhook.repo_state(str(repo), False) == packhook.repo_state(str(repo), False)
+    assert packkey.repo_state(str(repo), False) == packkey.repo_state(str(repo), False)
     git("pack-refs", "--all", cwd=repo)
-    assert packhook.repo_state(str(repo), True) != tagged
+    assert packkey.repo_state(str(repo), True) != tagged
 
 
 # -- the hook on its own: followers, failures ----------------------------------------------------

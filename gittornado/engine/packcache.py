@@ -9,9 +9,10 @@ The cache is two programs. This module is what the server imports: ``PackCache``
 the directory and its size bound, builds the ``-c`` option, and reports the directory's
 usage for ``/-/metrics``. The hook that upload-pack runs per fetch is ``packhook``, a
 separate module because its start-up is paid by every fetch that needs a pack: it
-imports only modules built into the interpreter and nothing of this package (its
-docstring has the entry format, the keys and the locking). What both halves need is
-defined there and imported here, never the other way round.
+imports only modules built into the interpreter and nothing of this package but
+``packkey``, which is of the same kind (its docstring has the entry format and the keys;
+the hook's has the writer, its followers and the locking). What both halves need is
+defined in ``packkey`` and imported here, never the other way round.
 
 The hooks keep the size bound themselves (each one trims after writing an entry), so the
 server never writes to the directory: workers and ``gittornado-shell`` processes sharing it
@@ -25,22 +26,23 @@ import shlex
 import sys
 
 if __package__:
-    from . import packhook
+    from . import packhook, packkey
 else:
     # Imported as the top-level ``packcache`` by the stub of a server started before the
     # hook had a module of its own: its fetches keep working until it restarts.
     import packhook
+    import packkey
 
     main = packhook.main
 
 __all__ = ["PackCache"]
 
 #: The hook's command: ``packhook`` imported as a top-level module (``-S``: without the
-#: package), from its compiled ``__pycache__`` copy (written by the server's import of it,
-#: or by the first hook, which ``-I`` lets write it whatever ``PYTHONDONTWRITEBYTECODE``
-#: says). Run as a script it would be compiled on every fetch (~5 ms of a ~12 ms
-#: start-up). Appended to ``sys.path``: nothing in the package's directory can shadow a
-#: standard module.
+#: package; it imports ``packkey`` the same way), from its compiled ``__pycache__`` copy
+#: (written by the server's import of it, or by the first hook, which ``-I`` lets write it
+#: whatever ``PYTHONDONTWRITEBYTECODE`` says). Run as a script it would be compiled on
+#: every fetch (~5 ms of a ~12 ms start-up). Appended to ``sys.path``: nothing in the
+#: package's directory can shadow a standard module.
 _STUB = "import sys; sys.path.append(%r); import packhook; sys.exit(packhook.main(sys.argv[1:]))"
 
 
@@ -68,7 +70,7 @@ class PackCache:
             str(self.max_bytes),
         ]
         # The size is the hook's to enforce: it is in the command, and kept out of the key
-        # (``packhook.config_without_hook``) so servers of other sizes share entries.
+        # (``packkey.config_without_hook``) so servers of other sizes share entries.
         self._options = ("uploadpack.packObjectsHook=" + " ".join(shlex.quote(a) for a in argv),)
 
     def git_options(self) -> tuple[str, ...]:
@@ -77,5 +79,5 @@ class PackCache:
 
     def usage(self) -> tuple[int, int]:
         """``(complete entries, their bytes)``: what the cache holds now."""
-        packs, _ = packhook.scan(self.directory)
+        packs, _ = packkey.scan(self.directory)
         return len(packs), sum(size for _, size, _ in packs)

@@ -8,30 +8,19 @@ imports this file as the top-level module ``packhook``, from its compiled copy::
 (``python -I -S .../packhook.py DIR ...`` does the same, compiling it first). That
 start-up is paid by every fetch that needs a pack, so this module imports only modules
 built into the interpreter: no ``hashlib`` (it loads OpenSSL), ``subprocess``,
-``threading``, nor anything of the ``gittornado`` package, which it runs without. What
-the server needs too (the entry format, the directory scan) is defined here, once, and
-imported by ``packcache``; never the other way round.
+``threading``, nor anything of the ``gittornado`` package, which it runs without. The
+keys, the entry format and the directory (scan, trim, the writer's lock) are
+``packkey``'s: a module of the same kind next to this one, which the server imports too.
 
-A key names one pack forever: the repository (its real path and inode), pack-objects'
-arguments and its stdin, which are object ids (wants, ``--not``, haves, shallow
-boundaries), and with ``--include-tag`` the state of the repository's tags.
-
-The directory is flat: ``<key>.pack`` is a complete entry (the pack, then a 16-byte
-footer, magic and the pack's length, so a truncated or half-written file is recognisable
-and never served); ``<key>.part`` is the entry being written, under an exclusive
-``flock`` held by its writer for as long as it writes. An identical request
-that finds that lock held follows the writer: it sends what the file holds and waits for
-more, so a clone storm runs pack-objects once. The writer fills the file from
-pack-objects in a thread of its own and streams it to its client like any follower, so a
-slow first client does not slow the others. Entries are finished by a rename (followers
-keep reading the same inode); a crash leaves an unlocked ``.part`` that is never served
-and is removed by the next writer of that key or the next trim. After each new entry, the
-least recently used entries (oldest mtime; a hit refreshes it) go until the directory
-fits ``MAX_BYTES``, and so do unlocked ``.part`` files older than a minute: the hooks
-keep the bound, the server only reads the directory's usage. Entries are not fsync'd (it
-is a cache, and the client is waiting): after a power cut, an entry whose data never
-reached the disk fails the footer check, or at worst the client's own check of the
-pack's checksum.
+The writer of an entry (``<key>.part``, under its exclusive ``flock``; ``packkey`` has
+the format) fills it from pack-objects in a thread of its own and streams it to its
+client like any follower, so a slow first client does not slow the others. An identical
+request that finds that lock held follows the writer: it sends what the file holds and
+waits for more, so a clone storm runs pack-objects once. Entries are finished by a
+rename (followers keep reading the same inode), then the writer trims the directory to
+``MAX_BYTES``. Entries are not fsync'd (it is a cache, and the client is waiting): after
+a power cut, an entry whose data never reached the disk fails the footer check, or at
+worst the client's own check of the pack's checksum.
 """
 
 from __future__ import annotations
@@ -41,288 +30,26 @@ import _thread
 import errno
 import fcntl
 import os
-import struct
 import sys
 import time
 
-try:  # the built-in SHA-256 (hashlib would load OpenSSL: ~10 ms per fetch)
-    from _sha2 import sha256  # CPython 3.12+
-except ImportError:
-    try:
-        from _sha256 import sha256  # CPython 3.10, 3.11
-    except ImportError:
-        from hashlib import sha256
+if __package__:  # gittornado.engine.packhook: imported by the server (packcache) or tests
+    from . import packkey
+else:
+    # The top-level ``packhook`` of the hook's stub, which put this directory on sys.path;
+    # or a script, whose directory ``-I`` leaves off it.
+    if __name__ == "__main__":
+        sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    import packkey
 
-__all__ = [
-    "FOOTER_SIZE",
-    "cache_key",
-    "choose_evictions",
-    "config_without_hook",
-    "footer",
-    "key_material",
-    "main",
-    "parse_footer",
-    "repo_state",
-    "scan",
-    "trim",
-]
+__all__ = ["main"]
 
 
-#: Ends every complete entry, followed by the pack's length (big-endian, 8 bytes).
-MAGIC = b"GTPACK\x00\x01"
-_FOOTER = struct.Struct(">8sQ")
-FOOTER_SIZE = _FOOTER.size
-PACK = ".pack"
-PART = ".part"
-#: An unlocked ``.part`` older than this (seconds) is a dead writer's: removed by trims.
-STALE_PART_AGE = 60.0
 #: A follower gives up when the file it follows has not grown for this long (seconds).
 FOLLOW_STALL = 600.0
 _CHUNK = 1 << 20
-#: Begins every key's material. Bump it when what a key covers changes; keep it otherwise
-#: (the module's name is not in it): a new value orphans every entry already on disk.
-_KEY_VERSION = b"gittornado-packcache-1"
-#: Environment that can change what pack-objects sends for the same arguments and stdin
-#: (which repository, which objects, which tags, its config). Deliberately not
-#: ``GIT_PROTOCOL`` (the pack is the same for every version) nor the per-user identity
-#: the server sets: either would split the cache for nothing.
-_KEY_ENV = (
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_CONFIG",
-    "GIT_CONFIG_COUNT",
-    "GIT_CONFIG_GLOBAL",
-    "GIT_CONFIG_NOSYSTEM",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_SYSTEM",
-    "GIT_GRAFT_FILE",
-    "GIT_NAMESPACE",
-    "GIT_NO_REPLACE_OBJECTS",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_REPLACE_REF_BASE",
-    "GIT_SHALLOW_FILE",
-)
-_KEY_ENV_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
-#: Arguments that change only what pack-objects says on stderr, not the pack.
-_NOT_IN_KEY = ("--progress",)
 #: Python ignores these; an ignored signal stays ignored across exec, and git expects defaults.
 _RESET_SIGNALS = tuple(getattr(_signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(_signal, name))
-
-
-# -- pure functions --------------------------------------------------------------------------
-
-
-def footer(length: int) -> bytes:
-    """The 16 bytes that end a complete entry holding a pack of ``length`` bytes."""
-    return _FOOTER.pack(MAGIC, length)
-
-
-def parse_footer(tail: bytes, size: int) -> int | None:
-    """The pack length of an entry of ``size`` bytes ending in ``tail``; None if incomplete."""
-    if size < FOOTER_SIZE or len(tail) != FOOTER_SIZE:
-        return None
-    magic, length = _FOOTER.unpack(tail)
-    if magic != MAGIC or length + FOOTER_SIZE != size:
-        return None
-    return length
-
-
-def _fields(parts: list[bytes]) -> bytes:
-    # Length-prefixed, so no two different lists serialise alike.
-    return b"".join(b"%d:%s," % (len(p), p) for p in parts)
-
-
-def config_without_hook(params: str) -> str:
-    """``GIT_CONFIG_PARAMETERS`` without the hook's own setting.
-
-    The hook's command holds the cache's size and the interpreter's path: servers sharing
-    a directory (HTTP and ``gittornado-shell``) must share keys whatever their sizes.
-    git writes each setting shell-quoted (``'key'='value'``, older: ``'key=value'``),
-    separated by single spaces.
-    """
-    kept, token, raw, quoted, i = [], [], [], False, 0
-    while i <= len(params):
-        c = params[i] if i < len(params) else " "
-        if c == " " and not quoted:
-            text = "".join(token)
-            if raw and not text.lower().startswith("uploadpack.packobjectshook="):
-                kept.append("".join(raw))
-            token, raw = [], []
-        elif c == "'":
-            quoted = not quoted
-            raw.append(c)
-        elif c == "\\" and not quoted and i + 1 < len(params):
-            i += 1
-            token.append(params[i])
-            raw.append(c + params[i])
-        else:
-            token.append(c)
-            raw.append(c)
-        i += 1
-    return " ".join(kept)
-
-
-def key_material(
-    git_dir: str, repo_state: bytes, argv: list[str], env: dict[str, str], stdin: bytes
-) -> bytes:
-    """Everything a cache key covers, unambiguously serialised (hashed by ``cache_key``).
-
-    ``git_dir`` is the repository's real path and ``repo_state`` what else about it can
-    change the pack (``repo_state()``): different repositories never share an entry.
-    """
-    fs = os.fsencode
-    args = [fs(a) for a in argv if a not in _NOT_IN_KEY]
-    env = {n: v for n, v in env.items() if n in _KEY_ENV or n.startswith(_KEY_ENV_PREFIXES)}
-    if "GIT_CONFIG_PARAMETERS" in env:
-        env["GIT_CONFIG_PARAMETERS"] = config_without_hook(env["GIT_CONFIG_PARAMETERS"])
-    for name, value in list(env.items()):
-        if name.startswith("GIT_CONFIG_KEY_") and value.lower() == "uploadpack.packobjectshook":
-            env.pop("GIT_CONFIG_VALUE_" + name[len("GIT_CONFIG_KEY_") :], None)
-    names = sorted(env)
-    return _fields(
-        [
-            _KEY_VERSION,
-            fs(git_dir),
-            repo_state,
-            _fields(args),
-            _fields([fs(n) + b"=" + fs(env[n]) for n in names]),
-            stdin,
-        ]
-    )
-
-
-def cache_key(git_dir: str, repo_state: bytes, argv: list[str], env: dict[str, str], stdin: bytes) -> str:
-    """The entry's name: SHA-256 of ``key_material``, in hex."""
-    return sha256(key_material(git_dir, repo_state, argv, env, stdin)).hexdigest()
-
-
-def choose_evictions(entries: list[tuple[int, int, str]], max_bytes: int) -> list[str]:
-    """Names to delete, least recently used first, until the rest fit in ``max_bytes``.
-
-    ``entries`` are ``(mtime_ns, size, name)`` of complete entries.
-    """
-    total = sum(size for _, size, _ in entries)
-    doomed = []
-    for _, size, name in sorted(entries):
-        if total <= max_bytes:
-            break
-        doomed.append(name)
-        total -= size
-    return doomed
-
-
-# -- the directory ---------------------------------------------------------------------------
-
-
-def repo_state(git_dir: str, include_tags: bool) -> bytes:
-    """What, besides object ids, decides the pack: the repository's identity and boundaries.
-
-    The inode tells a repository re-created at the same path from the old one; the
-    repository's own ``shallow`` and ``info/grafts`` bound what ``--revs`` walks. With
-    ``--include-tag``, pack-objects adds the tags that exist when it runs, so any change
-    to the tags (``packed-refs`` rewritten, a loose tag added, moved or deleted, which
-    changes its directory's mtime) makes a new key rather than serving an old tag set.
-    """
-    st = os.stat(git_dir)
-    parts = [b"%d.%d" % (st.st_dev, st.st_ino)]
-    names = ["shallow", "info/grafts"] + (["packed-refs"] if include_tags else [])
-    for name in names:
-        try:
-            s = os.stat(os.path.join(git_dir, name))
-            parts.append(b"%s %d %d %d" % (name.encode(), s.st_ino, s.st_size, s.st_mtime_ns))
-        except FileNotFoundError:
-            pass
-    if include_tags:
-        stack = ["refs/tags"]
-        while stack:
-            rel = stack.pop()
-            try:
-                with os.scandir(os.path.join(git_dir, rel)) as it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(rel + "/" + entry.name)
-                parts.append(b"%s %d" % (os.fsencode(rel), os.stat(os.path.join(git_dir, rel)).st_mtime_ns))
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-    return _fields(sorted(parts))
-
-
-def scan(directory: str) -> tuple[list[tuple[int, int, str]], list[tuple[int, str]]]:
-    """``(complete entries as (mtime_ns, size, name), in-progress files as (mtime_ns, name))``.
-
-    Trims read it, and so does the server (``PackCache.usage``): the one place that knows
-    which names are entries.
-    """
-    packs, parts = [], []
-    with os.scandir(directory) as it:
-        for entry in it:
-            name = entry.name
-            if not name.endswith((PACK, PART)):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if name.endswith(PACK):
-                packs.append((st.st_mtime_ns, st.st_size, name))
-            else:
-                parts.append((st.st_mtime_ns, name))
-    return packs, parts
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _try_lock(fd: int, how: int) -> bool:
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _names(fd: int, path: str) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (not renamed or unlinked since)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
-
-
-def _unlink_if_unlocked(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        if _try_lock(fd, fcntl.LOCK_EX) and _names(fd, path):
-            _unlink(path)
-    finally:
-        os.close(fd)
-
-
-def trim(directory: str, max_bytes: int, stale_after: float = STALE_PART_AGE) -> None:
-    """Evict least recently used entries until the directory fits; drop dead writers' files."""
-    packs, parts = scan(directory)
-    for name in choose_evictions(packs, max_bytes):
-        _unlink(os.path.join(directory, name))
-    oldest = time.time_ns() - int(stale_after * 1e9)
-    for mtime, name in parts:
-        if mtime < oldest:
-            _unlink_if_unlocked(os.path.join(directory, name))
-
-
-def _entry_length(fd: int) -> int | None:
-    """The pack length of the complete entry open as ``fd``, else None."""
-    size = os.fstat(fd).st_size
-    tail = os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE) if size >= FOOTER_SIZE else b""
-    return parse_footer(tail, size)
 
 
 # -- the hook --------------------------------------------------------------------------------
@@ -453,13 +180,9 @@ class _Filler:
             self._abandon()
             return
         try:
-            if os.pwrite(self.fd, footer(self.written), self.written) != FOOTER_SIZE:
-                raise OSError(errno.ENOSPC, "short write")
-            if self.written + FOOTER_SIZE <= self.hook.max_bytes:
-                os.rename(self.part, self.final)
-                self.kept = True
-            else:
-                _unlink(self.part)  # too large to keep; followers still read the inode
+            self.kept = packkey.finish_entry(
+                self.fd, self.part, self.final, self.written, self.hook.max_bytes
+            )
         except OSError:  # a full disk, say: no entry, but this run's client still gets the pack
             self._abandon()
             return
@@ -473,13 +196,7 @@ class _Filler:
                 pass
 
     def _abandon(self) -> None:
-        """No entry: the ``.part`` goes; followers see no footer and unlocked, and retry."""
-        try:
-            if _names(self.fd, self.part):
-                _unlink(self.part)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        except OSError:
-            pass
+        packkey.abandon_entry(self.fd, self.part)
 
 
 class _Progress:
@@ -516,32 +233,22 @@ class _Hook:
         self.sent = 0  #: bytes written to stdout: past 0, nothing can start over
 
     def run(self) -> int:
-        env = dict(os.environ)
-        git_dir = os.path.realpath(os.path.join(os.getcwd(), env.get("GIT_DIR", ".")))
-        state = repo_state(git_dir, "--include-tag" in self.command)
-        key = cache_key(git_dir, state, self.command, env, self.stdin)
-        final = os.path.join(self.directory, key + PACK)
-        part = os.path.join(self.directory, key + PART)
+        key = packkey.request_key(self.command, dict(os.environ), self.stdin)
+        final = os.path.join(self.directory, key + packkey.PACK)
+        part = os.path.join(self.directory, key + packkey.PART)
         for _ in range(8):
             status = self._serve_entry(final)
             if status is not None:
                 return status
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                if not _try_lock(fd, fcntl.LOCK_EX):
+                if not packkey.try_lock(fd, fcntl.LOCK_EX):
                     status = self._follow(fd)
                     if status is not None:
                         return status
                     continue  # its writer failed before we sent a byte: start over
-                if not _names(fd, part):
-                    continue  # finished (renamed) or abandoned since we opened it
-                if os.fstat(fd).st_size:
-                    _unlink(part)  # a dead writer's; never served
-                    continue
-                if os.path.exists(final):
-                    _unlink(part)  # finished between our look and our lock
-                    continue
-                return self._write(fd, part, final)
+                if packkey.claimable(fd, part, final):
+                    return self._write(fd, part, final)
             finally:
                 os.close(fd)
         return self.exec_plain()
@@ -574,15 +281,9 @@ class _Hook:
         except FileNotFoundError:
             return None
         try:
-            length = _entry_length(fd)
+            length = packkey.check_entry(fd, final)
             if length is None:
-                if _names(fd, final):
-                    _unlink(final)
                 return None
-            try:
-                os.utime(final)  # least recently used goes first
-            except OSError:
-                pass
             self._send(fd, 0, length)
             return 0
         finally:
@@ -593,12 +294,12 @@ class _Hook:
         pos, delay, grew = 0, 0.0005, time.monotonic()
         while True:
             # Once nobody holds the lock the writer is done (or dead): the size is final.
-            done = _try_lock(fd, fcntl.LOCK_SH)
+            done = packkey.try_lock(fd, fcntl.LOCK_SH)
             if done:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             size = os.fstat(fd).st_size
             if done:
-                length = _entry_length(fd)
+                length = packkey.entry_length(fd)
                 if length is not None and length >= pos:
                     self._send(fd, pos, length - pos)
                     return 0
@@ -606,7 +307,7 @@ class _Hook:
                     return None
                 _say("the pack being shared was cut short; please fetch again")
                 return 1
-            ready = size - FOOTER_SIZE - pos  # the last bytes may be the footer
+            ready = size - packkey.FOOTER_SIZE - pos  # the last bytes may be the footer
             if ready > 0:
                 self._send(fd, pos, ready)
                 pos += ready
@@ -706,7 +407,7 @@ class _Hook:
             return self._relay_rest(filler)
         if filler.kept:
             try:
-                trim(self.directory, self.max_bytes)
+                packkey.trim(self.directory, self.max_bytes)
             except OSError:
                 pass
         return 1 if filler.client_gone else filler.status or 0
