@@ -19,6 +19,8 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "make_app": "server.app",
     "routes": "server.app",
+    "Settings": "server.settings",
+    "Engine": "engine.engine",
     "InfoRefsHandler": "transports.smarthttp",
     "RPCHandler": "transports.smarthttp",
     "FileHandler": "transports.dumbhttp",
@@ -90,10 +92,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         Grant,
     )
     from .access.throttle import SQLiteStore  # noqa: F401
+    from .engine.engine import Engine  # noqa: F401
     from .engine.run import GitRun, PeerGone  # noqa: F401
     from .errors import BadRequest, Forbidden, GitAccessError, NotFound, Unauthorized  # noqa: F401
     from .server.app import make_app, routes  # noqa: F401
     from .server.httpserver import GitHTTPServer  # noqa: F401
+    from .server.settings import Settings  # noqa: F401
     from .transports.dumbhttp import FileHandler  # noqa: F401
     from .transports.httpbase import GitConfig  # noqa: F401
     from .transports.smarthttp import InfoRefsHandler, RPCHandler  # noqa: F401

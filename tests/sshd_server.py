@@ -115,12 +115,17 @@ class Sshd:
             self._keys[name] = path
         return self._keys[name]
 
-    def authorize(self, commands: dict[str, list[str]]) -> None:
-        """Replace authorized_keys: key name -> ``gittornado-shell`` arguments for that key."""
+    def authorize(self, commands: dict[str, list[str]], wrappers: dict[str, list[str]] | None = None) -> None:
+        """Replace authorized_keys: key name -> ``gittornado-shell`` arguments for that key
+        (``wrappers``: key name -> a command the shell runs under, e.g. ``prlimit ...``)."""
         lines = []
         for name, args in commands.items():
             pub = Path(f"{self.key(name)}.pub").read_text().strip()
-            command = shlex.join([*shell_argv(), *args]).replace("\\", "\\\\").replace('"', '\\"')
+            command = (
+                shlex.join([*(wrappers or {}).get(name, []), *shell_argv(), *args])
+                .replace("\\", "\\\\")
+                .replace('"', '\\"')
+            )
             lines.append(f'command="{command}",restrict {pub}\n')
         self.authorized_keys.write_text("".join(lines))
 

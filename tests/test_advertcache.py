@@ -19,7 +19,7 @@ import time
 import pytest
 from conftest import AllowAll, git, refs, rev, wait_settled, write_access_file
 
-from gittornado.engine import run as gitproc
+from gittornado.engine import gitargs
 from gittornado.engine.advertcache import (
     AdvertCache,
     config_files,
@@ -218,7 +218,7 @@ def post_ls_refs(server, body=LS_REFS, repo="app", conn=None, headers=None):
 def truth(repo, protocol=None, body=None) -> bytes:
     """git's own answer on the repository now, as the server would send it."""
     argv = ["git"]
-    for opt in gitproc.GIT_OPTIONS:
+    for opt in gitargs.GIT_OPTIONS:
         argv += ["-c", opt]
     argv += ["upload-pack", "--stateless-rpc"]
     if body is None:

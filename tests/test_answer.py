@@ -5,6 +5,7 @@ import pytest
 from gittornado.protocol import pktline
 from gittornado.protocol.answer import AnswerState, expect_from_request
 from gittornado.protocol.pktline import DELIM, FLUSH, encode, sideband
+from gittornado.protocol.services import SERVICES
 
 V2_FETCH = (
     encode(b"acknowledgments\n")
@@ -59,7 +60,9 @@ def test_a_cut_header_is_completed_to_a_valid_length(cut):
 
 def test_v0_fetch_with_side_band_switches_after_the_final_nak():
     state = AnswerState()
-    expect_from_request(state, "git-upload-pack", 0, b"want " + b"a" * 40 + b" side-band-64k ofs-delta\n")
+    expect_from_request(
+        state, SERVICES["git-upload-pack"], 0, b"want " + b"a" * 40 + b" side-band-64k ofs-delta\n"
+    )
     state.feed(encode(b"ACK " + b"a" * 40 + b" common\n"))
     assert not state.sideband
     state.feed(encode(b"NAK\n"))
@@ -70,13 +73,15 @@ def test_push_report_with_side_band_is_multiplexed_from_the_start():
     state = AnswerState()
     expect_from_request(
         state,
-        "git-receive-pack",
+        SERVICES["git-receive-pack"],
         0,
         b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/x\0report-status side-band-64k\n",
     )
     assert state.sideband
     plain = AnswerState()
-    expect_from_request(plain, "git-receive-pack", 0, b"0" * 40 + b" " + b"1" * 40 + b" x\0report-status\n")
+    expect_from_request(
+        plain, SERVICES["git-receive-pack"], 0, b"0" * 40 + b" " + b"1" * 40 + b" x\0report-status\n"
+    )
     assert not plain.sideband
 
 

@@ -96,8 +96,16 @@ class ContractTests:
     def _server(self, serve, acl_server, gitbase, tmp_path):
         self.gitbase = gitbase
         self.tmp = tmp_path
+        self.serve = serve
         self.passwords = acl_server.passwords
         self.servers = {OPEN: serve(access=AllowAll()), DEFAULT: serve(), ACL: acl_server}
+
+    @pytest.fixture(autouse=True)
+    def _cleanups(self):
+        self.cleanups: list = []
+        yield
+        for cleanup in reversed(self.cleanups):
+            cleanup()
 
     # -- what a transport supplies -------------------------------------------------------
     def remote(
@@ -327,6 +335,136 @@ class ContractTests:
         )
         assert sorted(os.listdir(upstream / "objects")) == objects_before
 
+    # -- the engine's policy: one engine under every transport ---------------------------------
+    def engine_remote(self, repo: str, **options) -> Remote:
+        """``repo`` on a server open to everyone whose engine has ``options`` (``make_app``
+        keywords: ``git``, ``receive_pack_limit``, ``max_git_processes``, ``git_queue``)."""
+        pytest.skip("no git service runs over this transport")
+
+    def starved_remote(self, repo: str) -> Remote:
+        """``repo`` on a server with no file descriptors left to start git with."""
+        pytest.skip("no git service runs over this transport")
+
+    def test_git_dying_mid_answer_reads_as_remote_error(self):
+        """git killed after 64 bytes of its answer: the user reads why, not a bare "early EOF".
+
+        (The killed git's own upload-pack lives on, waiting for the client, as a
+        hook's child may: the late error must not wait for it.)"""
+        remote = self.engine_remote(
+            "app",
+            git=git_wrapper(self.tmp, "upload-pack", '"$REAL_GIT" "$@" | { head -c 64; kill -KILL $$; }'),
+        )
+        proc = self.client("clone", "-q", remote, str(self.tmp / "w"), check=False)
+        assert proc.returncode != 0
+        assert b"git-upload-pack died on the server" in proc.stderr, proc.stderr
+
+    def test_push_over_the_input_cap_is_refused_and_changes_nothing(self):
+        if not self.can_push:
+            pytest.skip("read-only transport")
+        upstream = self.gitbase / "app.git"
+        before = refs(upstream)
+        work = self.tmp / "big"
+        self.client("clone", "-q", self.remote("app"), str(work))
+        (work / "noise.bin").write_bytes(os.urandom(300_000))
+        git("-C", str(work), "add", "noise.bin")
+        git("-C", str(work), "commit", "-q", "-m", "too big")
+        remote = self.engine_remote("app", receive_pack_limit=100_000)
+        proc = self.client("-C", str(work), "push", remote, "HEAD:main", check=False)
+        assert proc.returncode != 0, proc.stderr
+        assert refs(upstream) == before
+        wait_for(lambda: not quarantines(upstream), message="the quarantine to be removed")
+
+    def test_process_cap_queues_then_refuses(self):
+        """One git at a time: a second clone waits its turn; with no room to wait, it is refused."""
+        slow = git_wrapper(self.tmp, "upload-pack", 'sleep 2; exec "$REAL_GIT" "$@"')
+        queued = self.engine_remote("app", git=slow, max_git_processes=1, git_queue=5)
+        first = self.client_async("clone", "-q", queued, str(self.tmp / "q1"))
+        wait_for(lambda: self._slow_git_runs(), message="the first git to run")
+        second = self.client("clone", "-q", queued, str(self.tmp / "q2"), check=False)
+        assert first.wait(60) == 0 and second.returncode == 0, second.stderr
+        full = self.engine_remote("app", git=slow, max_git_processes=1, git_queue=0)
+        first = self.client_async("clone", "-q", full, str(self.tmp / "f1"))
+        wait_for(lambda: self._slow_git_runs(), message="the first git to run")
+        refused = self.client("clone", "-q", full, str(self.tmp / "f2"), check=False)
+        assert first.wait(60) == 0
+        assert refused.returncode != 0
+        assert _said(refused.stderr, b"503", b"try again later"), refused.stderr
+
+    def test_git_that_cannot_start_is_a_clear_refusal(self):
+        """Out of descriptors: the user reads "try again later" (HTTP 503), never a 500 or a hang."""
+        remote = self.starved_remote("app")
+        proc = self.client("clone", "-q", remote, str(self.tmp / "starved"), check=False, timeout=60)
+        assert proc.returncode != 0
+        assert _said(proc.stderr, b"503", b"try again later"), proc.stderr
+        assert not _said(proc.stderr, b"500", b"internal error"), proc.stderr
+
+    def _slow_git_runs(self) -> list[str]:
+        """upload-pack runs serving a fetch (an HTTP advertisement is quick: not those)."""
+        return [c for c in git_processes(str(self.gitbase / "app.git")) if "--advertise-refs" not in c]
+
+    def client_async(self, *args, remote: Remote | None = None):
+        """``client`` without waiting: a ``Popen``."""
+        import subprocess
+
+        env = dict(os.environ)
+        argv = ["git", *self.git_c()]
+        for arg in args:
+            if isinstance(arg, Remote):
+                env.update(arg.env)
+                arg = arg.url
+            argv.append(arg)
+        if remote is not None:
+            env.update(remote.env)
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def git_wrapper(tmp: os.PathLike, service: str, body: str) -> str:
+    """An executable standing in for git: runs ``body`` (sh, ``$REAL_GIT`` set) for ``service``
+    (not for an HTTP advertisement), and is the real git otherwise."""
+    import shutil
+    import stat
+    from pathlib import Path
+
+    script = Path(tmp) / f"git-{abs(hash(body))}"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'REAL_GIT="{shutil.which("git")}"\n'
+        'case " $* " in\n'
+        "  *' --advertise-refs '*) ;;\n"
+        f"  *' {service} '*)\n    {body}\n    exit $?\n    ;;\n"
+        "esac\n"
+        'exec "$REAL_GIT" "$@"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(script)
+
+
+def quarantines(repo: os.PathLike) -> list[str]:
+    objects = os.path.join(repo, "objects")
+    return [n for n in os.listdir(objects) if n.startswith("tmp_objdir-incoming-")]
+
+
+def starved_http_server(gitbase, log_dir, nofile: int = 40, spare: int = 3):
+    """A ``gittornado`` process whose descriptors are all held by idle connections but ``spare``:
+    a request gets in, its git cannot start. Returns (server, held sockets)."""
+    from stress.attacks import server_open
+    from stress.server import start_server
+
+    server = start_server(
+        gitbase,
+        "--max-connections",
+        "1000",
+        "--max-connections-per-ip",
+        "0",
+        log_path=log_dir / "starved.log",
+        nofile=nofile,
+    )
+    held = []
+    for _ in range(max(0, nofile - server.fds() - spare)):
+        held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+    wait_for(lambda: server_open(server) >= len(held), message="the idle connections to be accepted")
+    return server, held
+
 
 def _partial_pack(blob_size: int = 50_000_000, sent: int = 200_000) -> bytes:
     """The first bytes of a valid pack holding one big blob: git waits for the rest."""
@@ -376,6 +514,17 @@ class _HTTP(ContractTests):
 
 class SmartHTTP(_HTTP):
     smart = True
+    #: make_app keywords every server of this class gets.
+    app_options: Mapping[str, object] = {}
+
+    def engine_remote(self, repo, **options):
+        server = self.serve(access=AllowAll(), **self.app_options, **options)
+        return Remote(f"{server.url}/{repo}", dict(self.extra_env))
+
+    def starved_remote(self, repo):
+        server, held = starved_http_server(self.gitbase, self.tmp)
+        self.cleanups.append(lambda: ([sock.close() for sock in held], server.stop()))
+        return Remote(f"http://127.0.0.1:{server.port}/{repo}", dict(self.extra_env))
 
     def malformed_remote(self, repo):
         # Not a colon-separated list of key=value items: 400 before git runs.
@@ -405,11 +554,13 @@ class TestSmartHTTPv2Piped(SmartHTTP):
     """Fetch answers relayed through pipes (the TLS path) instead of written to the socket by git."""
 
     protocol = 2
+    app_options = {"direct_output": False}
 
     @pytest.fixture(autouse=True)
     def _server(self, serve, acl_server, gitbase, tmp_path):
         self.gitbase = gitbase
         self.tmp = tmp_path
+        self.serve = serve
         self.passwords = acl_server.passwords
         acl = serve(accessfile=acl_server.accessfile, direct_output=False)
         self.servers = {
@@ -477,6 +628,15 @@ class _WS(ContractTests):
             return Remote(self._url(policy, repo, f"{quote(user)}:{quote(password, safe='')}@"), ws_env())
         return Remote(self._url(policy, repo), ws_env(*credential_helper(user, password)))
 
+    def engine_remote(self, repo, **options):
+        server = self.serve(access=AllowAll(), **options)
+        return Remote(f"ws://127.0.0.1:{server.port}/{repo}", ws_env())
+
+    def starved_remote(self, repo):
+        server, held = starved_http_server(self.gitbase, self.tmp)
+        self.cleanups.append(lambda: ([sock.close() for sock in held], server.stop()))
+        return Remote(f"ws://127.0.0.1:{server.port}/{repo}", ws_env())
+
     def malformed_remote(self, repo):
         # The helper sends http.extraHeader lines with the upgrade, as git's http does.
         return Remote(self._url(OPEN, repo), ws_env(("http.extraHeader", "Git-Protocol: bad value!")))
@@ -528,6 +688,31 @@ class TestSSH(ContractTests):
             self.keys[(ACL, user)] = f"acl-{user}"
             commands[f"acl-{user}"] = [*base, "--accessfile", acl, user]
         sshd.authorize(commands)
+        self.base, self.everyone, self.commands, self.wrappers = base, everyone, commands, {}
+
+    def _new_key(self, args: list[str], wrapper: list[str] | None = None) -> str:
+        name = f"engine-{len(self.commands)}"
+        self.commands[name] = [*self.base, "--accessfile", self.everyone, *args, "anybody"]
+        if wrapper:
+            self.wrappers[name] = wrapper
+        self.sshd.authorize(self.commands, self.wrappers)
+        return name
+
+    def engine_remote(self, repo, **options):
+        if "max_git_processes" in options:
+            pytest.skip("one gittornado-shell per SSH session: a process cap is a server's")
+        args = []
+        if "git" in options:
+            args += ["--git", options.pop("git")]
+        if "receive_pack_limit" in options:
+            args += ["--max-push-size", str(options.pop("receive_pack_limit"))]
+        assert not options, options
+        return Remote(self.sshd.url(repo), self.sshd.env(self._new_key(args)))
+
+    def starved_remote(self, repo):
+        # Ten descriptors: Python and the session fit, git's three pipes do not.
+        name = self._new_key([], wrapper=["prlimit", "--nofile=10:10"])
+        return Remote(self.sshd.url(repo), self.sshd.env(name))
 
     def _key(self, policy, user):
         if user is None and policy == ACL:

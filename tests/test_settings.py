@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 
 import pytest
 
@@ -67,24 +66,26 @@ def test_bad_size_is_a_usage_error(capsys):
 # -- Settings: defaults and validation -----------------------------------------------------
 
 
-def test_defaults_are_make_apps():
-    """Each field that is a make_app keyword has make_app's default: Settings() is make_app()."""
-    from gittornado.server.app import make_app
+def test_make_app_and_routes_build_the_same_defaults(tmp_path):
+    """make_app(settings) and routes(settings) build the same gate and engine: the login
+    throttle and the advertisement cache on in both (an embedder gets what the CLI gets)."""
+    from gittornado.server.app import make_app, routes
 
-    params = inspect.signature(make_app).parameters
-    shared = [f for f in dataclasses.fields(Settings) if f.name in params]
-    assert len(shared) >= 20
-    for field in shared:
-        assert field.default == params[field.name].default, field.name
-
-
-def test_cli_passes_make_app_keywords_that_exist():
-    from gittornado.server.app import make_app
-
-    params = inspect.signature(make_app).parameters
-    names = {f.name for f in dataclasses.fields(Settings)}
-    for name in cli._MAKE_APP_SAME:
-        assert name in params and name in names, name
+    settings = Settings(gitbase=str(tmp_path))
+    app = make_app(settings)
+    table = routes(settings)
+    config = table[0].target_kwargs["config"]
+    for gate, engine in ((app.gate, app.engine), (config.gate, config.engine)):
+        assert gate.throttle is not None and gate.throttle.limit == settings.login_failures
+        assert engine.advert_cache is not None
+        assert engine.upload_pack_limit == settings.upload_pack_limit
+        assert engine.input_idle == settings.body_idle_timeout
+        assert engine.slots is None
+    # ... and the keyword form is the same settings.
+    assert make_app(str(tmp_path)).settings_object == settings
+    # The seed's keywords build the same defaults too (server.py's way).
+    legacy = routes(gitbase=str(tmp_path))[0].target_kwargs["config"]
+    assert legacy.gate.throttle is not None and legacy.engine.advert_cache is not None
 
 
 def test_frozen():

@@ -1,0 +1,1 @@
+"""The engine: every git the server runs, whatever the transport (``Engine``, ``GitRun``)."""

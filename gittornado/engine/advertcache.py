@@ -44,13 +44,11 @@ import shutil
 import struct
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..protocol.services import WRITE
-from . import run as gitproc
 
 __all__ = [
     "AdvertCache",
@@ -212,7 +210,6 @@ class AdvertCache:
         self._pushes: dict[str, int] = {}
         self._listings: dict[str, tuple[Stamp, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
-        _CACHES.add(self)
 
     # -- the repository's state ------------------------------------------------------
     def state(self, repo: str, git: str, env: Mapping[str, str]) -> State | None:
@@ -330,6 +327,11 @@ class AdvertCache:
                 self.evictions += 1
         return True
 
+    def run_ended(self, run) -> None:
+        """An engine observer: a push that ended (in any way) may have moved refs."""
+        if run.service.right == WRITE:
+            self.invalidate(run.repo_path)
+
     def invalidate(self, repo: str) -> None:
         """Forget every answer about ``repo`` and refuse answers begun before now."""
         with self._lock:
@@ -366,16 +368,3 @@ class AdvertCache:
                 "entries": len(self._entries),
                 "bytes": self.bytes,
             }
-
-
-#: Every cache of this process, for the push observer (weak: a dropped app's cache goes).
-_CACHES: weakref.WeakSet[AdvertCache] = weakref.WeakSet()
-
-
-def _run_ended(run: gitproc.GitRun) -> None:
-    if run.service.right == WRITE:
-        for cache in list(_CACHES):
-            cache.invalidate(run.repo_path)
-
-
-gitproc.add_run_observer(_run_ended)

@@ -2,23 +2,23 @@
 
 Without it, every request that passes the gate gets its git at once: 200
 stalled pushes held 400 git processes and 1.86 GiB until their idle timeout.
-With ``--max-git-processes N``, the smart-HTTP requests that run git take a
-slot before anything else (before the gate, before git starts, before their
-body is read: Tornado does not read a streamed body while ``prepare`` waits);
-the excess waits in a queue of bounded length for a bounded time, and beyond
-either the answer is 503 with ``Retry-After``, never a crash and never an
-unbounded pile of processes.
+With ``--max-git-processes N``, every git the engine starts takes a slot
+first, whatever the transport (smart HTTP, ws://, SSH, the one-off queries),
+after the gate decided (a refused request never waits for or holds a slot) and
+before git starts: an HTTP request waits in ``prepare`` (Tornado reads no
+streamed body meanwhile), a WebSocket before its upgrade. The excess waits in
+a queue of bounded length for a bounded time, and beyond either the answer is
+503 with ``Retry-After``, never a crash and never an unbounded pile of processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
 
 from ..errors import ServiceUnavailable
 
-__all__ = ["GitProcessLimit", "limited"]
+__all__ = ["GitProcessLimit"]
 
 
 class GitProcessLimit:
@@ -70,51 +70,3 @@ class GitProcessLimit:
                 waiter.set_result(None)  # the slot passes on: ``active`` stays
                 return
         self.active = max(0, self.active - 1)
-
-
-async def _maybe_await(result: Any) -> None:
-    """A handler's ``prepare`` may be a coroutine or a plain method."""
-    if result is not None:
-        await result
-
-
-def limited(handler_class: type, limit: GitProcessLimit) -> type:
-    """``handler_class`` taking a slot of ``limit`` before its own ``prepare``, until it ends."""
-
-    class Limited(handler_class):  # type: ignore[misc, valid-type]
-        _slot = False
-        _slot_task: asyncio.Task | None = None
-
-        async def prepare(self) -> None:
-            if self.request.method not in ("GET", "POST"):
-                return await _maybe_await(super().prepare())
-            self._slot_task = asyncio.ensure_future(limit.acquire())
-            try:
-                await self._slot_task
-            except asyncio.CancelledError:
-                raise ServiceUnavailable("client went away while queued") from None
-            finally:
-                self._slot_task = None
-            self._slot = True
-            if self.request.connection.stream.closed():
-                raise ServiceUnavailable("client went away while queued")
-            return await _maybe_await(super().prepare())
-
-        def _release_slot(self) -> None:
-            if self._slot:
-                self._slot = False
-                limit.release()
-
-        def on_finish(self) -> None:
-            self._release_slot()
-            super().on_finish()
-
-        def on_connection_close(self) -> None:
-            if self._slot_task is not None:
-                self._slot_task.cancel()
-            self._release_slot()
-            super().on_connection_close()
-
-    Limited.__name__ = Limited.__qualname__ = f"Limited{handler_class.__name__}"
-    Limited.__doc__ = handler_class.__doc__
-    return Limited

@@ -9,7 +9,7 @@ Either must start on a packet boundary, so the state tracks boundaries too, and
 a packet cut short by a dying git is padded out first.
 
 The state is fed the bytes the transport sees, or told how many it moved
-without looking (``skipped``: the kernel copied them, see ``gitproc.GitRun``).
+without looking (``skipped``: the kernel copied them, see ``gittornado.engine.output``).
 It asks to see only what it needs (``wants``): each header, whole small
 payloads (``NAK``, ``packfile``), the first byte of large ones (the band).
 """
@@ -17,6 +17,7 @@ payloads (``NAK``, ``packfile``), the first byte of large ones (the band).
 from __future__ import annotations
 
 from . import pktline
+from .services import Service
 
 __all__ = ["AnswerState", "expect_from_request"]
 
@@ -167,7 +168,9 @@ class AnswerState:
         return pad + pktline.error_line(message)
 
 
-def expect_from_request(state: AnswerState, service: str, protocol: int, first_line: bytes | None) -> None:
+def expect_from_request(
+    state: AnswerState, service: Service, protocol: int, first_line: bytes | None
+) -> None:
     """Refine ``state`` from the client's first request line (its capabilities).
 
     v2 needs nothing: its ``packfile`` section header is seen in the answer.
@@ -178,7 +181,8 @@ def expect_from_request(state: AnswerState, service: str, protocol: int, first_l
     sideband = bool(caps & {"side-band", "side-band-64k"})
     if not sideband:
         return
-    if service == "git-receive-pack":
+    where = service.sideband
+    if where == "start":
         state.expect_sideband(now=True)
-    elif service == "git-upload-pack":
+    elif where == "after-negotiation":
         state.expect_sideband(after_negotiation=True)

@@ -28,10 +28,28 @@ WRITE = "write"
 
 @dataclass(frozen=True)
 class Service:
+    """A git service and the facts the engine reads about it (one place, not ``if`` chains)."""
+
     name: str  #: wire name, e.g. ``git-upload-pack``
     subcommand: str  #: ``git <subcommand>``
     right: str  #: READ or WRITE
     http: bool  #: offered over smart HTTP (upload-archive is not in git 2.39)
+    #: Takes ``--stateless-rpc``/``--advertise-refs`` (``gitprotocol-http``).
+    stateless_rpc: bool = True
+    #: Over a stateless wire the request is small and answered only once whole:
+    #: spooled, and git started on it (a push streams into git instead).
+    spooled: bool = True
+    #: Its packs come from the pack cache's ``packObjectsHook``.
+    pack_cache: bool = False
+    #: Its advertisement (and v2 ``ls-refs``) may come from the advertisement cache.
+    #: Not receive-pack: its ``.have`` lines come from other repositories' refs and,
+    #: with push certificates, it carries a nonce that changes with time.
+    advert_cacheable: bool = False
+    #: Which input cap applies: ``request`` (upload_pack_limit) or ``push``.
+    input_cap: str = "request"
+    #: Where its answer turns multiplexed when the client asks for side-band:
+    #: ``after-negotiation`` (a v0/v1 fetch), ``start`` (a push's report), or ``never``.
+    sideband: str = "never"
 
     @property
     def advertisement_type(self) -> str:
@@ -49,9 +67,25 @@ class Service:
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in (
-        Service("git-upload-pack", "upload-pack", READ, http=True),
-        Service("git-receive-pack", "receive-pack", WRITE, http=True),
-        Service("git-upload-archive", "upload-archive", READ, http=False),
+        Service(
+            "git-upload-pack",
+            "upload-pack",
+            READ,
+            http=True,
+            pack_cache=True,
+            advert_cacheable=True,
+            sideband="after-negotiation",
+        ),
+        Service(
+            "git-receive-pack",
+            "receive-pack",
+            WRITE,
+            http=True,
+            spooled=False,
+            input_cap="push",
+            sideband="start",
+        ),
+        Service("git-upload-archive", "upload-archive", READ, http=False, stateless_rpc=False),
     )
 }
 

@@ -6,6 +6,7 @@ combinations are validated once, with clear errors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Any
@@ -15,20 +16,19 @@ import tornado.web
 
 from ..access.accessfile import AccessFile
 from ..access.authapi import AuthAPI
-from ..access.gate import Gate, Throttle
-from ..access.repos import RepositoryLookup
+from ..access.gate import Throttle
 from ..engine.advertcache import AdvertCache
 from ..engine.packcache import PackCache
-from ..engine.slots import GitProcessLimit, limited
 from ..transports.dumbhttp import FileHandler
 from ..transports.httpbase import GitConfig, config_for
 from ..transports.smarthttp import InfoRefsHandler, RPCHandler
 from ..transports.websocket import GitWebSocketHandler, WebSocketUpgrade
-from ..web.ops import count_request, ops_routes
+from ..web.ops import Metrics, ops_routes
 from ..web.site import make_fallback
 from ..web.wsgi import FallbackHandler
+from .settings import Settings
 
-__all__ = ["routes", "make_app"]
+__all__ = ["routes", "make_app", "build_config"]
 
 access_log = logging.getLogger("gittornado.access")
 
@@ -50,15 +50,24 @@ def _validate_prefix(prefix: str) -> str:
     return prefix.rstrip("/")
 
 
-def routes(prefix: str = "", fallback: Any = None, **handler_kwargs: Any) -> list:
+def routes(prefix: Settings | str = "", fallback: Any = None, **handler_kwargs: Any) -> list:
     """The URL table for the git handlers under ``prefix``, plus a catch-all fallback.
 
-    ``handler_kwargs`` are the git handlers' options (``access``, ``lookup``,
-    ``gitbase``, ``realm``, ...; see ``GitConfig``), validated here once into
-    one ``GitConfig`` every route and request shares (one gate, one login
-    throttle). ``fallback`` is a WSGI app (or a Tornado app) for every other
-    URL; None adds no catch-all.
+    ``routes(settings)`` takes everything from a ``Settings`` (its prefix and
+    fallback too) and builds the same gate and engine as ``make_app``, with
+    the same defaults (the login throttle and the advertisement cache on).
+    Otherwise ``handler_kwargs`` are the git handlers' options (``access``,
+    ``lookup``, ``gitbase``, ``realm``, ...; see ``GitConfig.build``, with the
+    same defaults), validated here once into one ``GitConfig`` every route and
+    request shares. ``fallback`` is a WSGI app (or a Tornado app) for every
+    other URL; None adds no catch-all.
     """
+    if isinstance(prefix, Settings):
+        if handler_kwargs or fallback is not None:
+            raise TypeError("give either a Settings or options, not both")
+        settings = prefix
+        prefix, fallback = settings.prefix, settings.fallback
+        handler_kwargs = {"config": build_config(settings)}
     p = re.escape(_validate_prefix(prefix))
     config = config_for(handler_kwargs)
     kwargs = {"config": config}
@@ -100,133 +109,117 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
+def build_config(
+    settings: Settings, *, throttle: Any = True, pack_cache: Any = None, advert_cache: Any = True
+) -> GitConfig:
+    """The gate and the engine ``settings`` describe: what ``make_app`` and ``routes`` share.
+
+    The live objects may be given instead of built: ``throttle`` (True: from
+    the ``login_*`` settings; a ``Throttle``; False/None: off),
+    ``pack_cache`` (None: from ``pack_cache_path``/``pack_cache_size``),
+    ``advert_cache`` (True: ``advert_cache_size``; an ``AdvertCache``; False/None: off).
+    """
+    access = settings.access
+    if settings.accessfile:
+        access = AccessFile(settings.accessfile)
+    elif settings.auth_api:
+        access = AuthAPI(settings.auth_api, timeout=settings.auth_api_timeout)
+    if throttle is True:
+        throttle = (
+            Throttle(limit=settings.login_failures, window=settings.login_window, block=settings.login_block)
+            if settings.throttled
+            else None
+        )
+    if pack_cache is None and settings.pack_cache_path:
+        pack_cache = PackCache(settings.pack_cache_path, max_bytes=settings.pack_cache_size)
+    if advert_cache is True:
+        advert_cache = AdvertCache(settings.advert_cache_size) if settings.advert_cache_size else None
+    return GitConfig.build(
+        access=access,
+        lookup=settings.lookup,
+        gitbase=settings.gitbase,
+        allow_external_links=settings.allow_external_links,
+        throttle=throttle or None,
+        realm=settings.realm,
+        git=settings.git,
+        upload_pack_limit=settings.upload_pack_limit,
+        receive_pack_limit=settings.receive_pack_limit,
+        direct_output=settings.direct_output,
+        body_idle_timeout=settings.body_idle_timeout,
+        send_timeout=settings.send_timeout,
+        pack_cache=pack_cache,
+        advert_cache=advert_cache or None,
+        max_git_processes=settings.max_git_processes,
+        git_queue=settings.git_queue,
+        git_queue_timeout=settings.git_queue_timeout,
+    )
+
+
+_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
+
+
 def make_app(
-    gitbase: str = ".",
+    settings: Settings | str = ".",
+    /,
     *,
-    accessfile: str | None = None,
-    access: Any = None,
-    lookup: Any = None,
-    realm: str = "gittornado",
-    prefix: str = "",
-    fallback: Any = None,
-    index: bool = True,
     throttle: Throttle | bool | None = True,
-    git: str = "git",
-    upload_pack_limit: int = 64 * 1024 * 1024,
-    receive_pack_limit: int | None = None,
-    direct_output: bool = True,
-    body_idle_timeout: float | None = 600.0,
-    send_timeout: float | None = 600.0,
-    auth_api: str | None = None,
-    allow_external_links: bool = False,
-    web: bool = False,
-    ssh_url: str | None = None,
-    ops: bool = True,
-    max_git_processes: int | None = None,
-    git_queue: int = 100,
-    git_queue_timeout: float = 30.0,
     pack_cache: PackCache | None = None,
     advert_cache: AdvertCache | bool | None = True,
-    **settings: Any,
+    **options: Any,
 ) -> tornado.web.Application:
-    """Build the gittornado ``Application``.
+    """Build the gittornado ``Application`` from ``Settings`` (or its fields as keywords).
 
-    :arg gitbase: directory holding the repositories (default lookup's root).
-    :arg accessfile: INI access file path; exclusive with ``access``.
-    :arg access: an access object or callable (see ``gittornado.session``).
-    :arg auth_api: URL of a Gitorious-style authorization API (``gittornado.authapi``);
-        exclusive with ``accessfile`` and ``access``.
-    :arg lookup: a repository lookup object or callable.
-    :arg prefix: mount point when a proxy forwards ``/prefix/...`` unchanged.
-    :arg fallback: WSGI app for non-git URLs; default the built-in index page
-        (``index=False`` for none: plain 404s).
-    :arg throttle: brute-force protection: True (10 failures/minute/address),
-        a ``Throttle``, or False/None.
-    :arg direct_output: the kernel moves answers from git's pipe into plain-HTTP
-        client sockets (``os.splice``, no per-byte work in Python); False relays
-        them through Python.
-    :arg body_idle_timeout: seconds git may wait for request data that does not
-        come before the connection is dropped and git stopped (default 600; None: never).
-    :arg send_timeout: seconds a client may take none of an answer before git is
-        stopped and the connection dropped (default 600; None: never).
-    :arg allow_external_links: the default lookup serves repositories whose
-        directory, ``objects/``, ``refs/`` (or alternates) resolve outside
-        ``gitbase`` (default False: such a repository is not found).
-    :arg web: serve the code browser (klaus, the ``[web]`` extra) on the repositories'
-        own URLs, behind the same access rules (``gittornado.browse``).
-    :arg ssh_url: the index page shows SSH clone URLs as ``ssh_url + name + '.git'``
-        (e.g. ``git@host:``).
-    :arg max_git_processes: smart-HTTP requests running git at once (None: no cap); the
-        excess waits, at most ``git_queue`` of them for ``git_queue_timeout`` seconds,
-        then gets 503 with ``Retry-After`` (``gittornado.gitqueue``).
-    :arg pack_cache: a ``PackCache`` (``gittornado.packcache``): identical fetches share
-        one pack-objects run, later ones are served from its file (default None: off).
-    :arg advert_cache: ``info/refs`` and v2 ``ls-refs`` answered from memory while the
-        repository's refs are unchanged (``gittornado.advertcache``): True (default,
-        64 MiB per process), an ``AdvertCache``, or False/None.
-    :arg ops: serve ``/-/health`` and ``/-/metrics`` under the prefix (``gittornado.ops``).
-    :arg settings: passed to ``tornado.web.Application``.
+    ``make_app(Settings(gitbase="/srv/git", accessfile=...))`` or
+    ``make_app("/srv/git", accessfile=...)``: keywords that are ``Settings``
+    fields build the settings (see ``gittornado.server.settings`` for each);
+    any other keyword is passed to ``tornado.web.Application``. The live
+    objects ``throttle``, ``pack_cache`` and ``advert_cache`` may be given
+    (see ``build_config``). ``routes(settings)`` builds the same gate and
+    engine with the same defaults, for an app of your own.
+
+    The app carries ``gate``, ``engine`` (every git run, on every transport:
+    ``max_git_processes`` caps them all) and ``metrics``.
     """
-    if allow_external_links and lookup is not None:
-        raise ValueError("allow_external_links is for the default lookup; give either, not both")
-    if accessfile and access is not None:
-        raise ValueError("give either accessfile or access, not both")
-    if auth_api and (accessfile or access is not None):
-        raise ValueError("give either auth_api or accessfile/access, not both")
-    prefix = _validate_prefix(prefix)
-    if accessfile:
-        access = AccessFile(accessfile)
-    if auth_api:
-        access = AuthAPI(auth_api)
-    repo_lookup = (
-        lookup if lookup is not None else RepositoryLookup(gitbase, allow_external_links=allow_external_links)
-    )
-    if throttle is True:
-        throttle = Throttle()
-    gate = Gate(access, repo_lookup, throttle=throttle or None)
-    if web and fallback is not None:
-        raise ValueError("give either web or fallback, not both")
-    if fallback is None and (index or web):
+    app_settings = {k: options.pop(k) for k in list(options) if k not in _SETTINGS_FIELDS}
+    if not isinstance(settings, Settings):
+        if "gitbase" in options and settings != ".":
+            raise TypeError("give gitbase once, as the first argument or as a keyword")
+        options.setdefault("gitbase", settings)
+        settings = Settings(**options)
+    elif options:
+        raise TypeError("give either a Settings or its fields as keywords, not both")
+    prefix = _validate_prefix(settings.prefix)
+    config = build_config(settings, throttle=throttle, pack_cache=pack_cache, advert_cache=advert_cache)
+    gate, engine = config.gate, config.engine
+    fallback = settings.fallback
+    if fallback is None and (settings.index or settings.web):
         fallback = make_fallback(
-            gate, repo_lookup, prefix=prefix, realm=realm, index=index, web=web, ssh_url=ssh_url, git=git
+            gate,
+            gate.lookup,
+            prefix=prefix,
+            realm=settings.realm,
+            index=settings.index,
+            web=settings.web,
+            ssh_url=settings.ssh_url,
+            git=settings.git,
         )
-    if advert_cache is True:
-        advert_cache = AdvertCache()
-    elif advert_cache is False:
-        advert_cache = None
-    config = GitConfig.build(
-        gate=gate,
-        realm=realm,
-        git=git,
-        upload_pack_limit=upload_pack_limit,
-        receive_pack_limit=receive_pack_limit,
-        direct_output=direct_output,
-        body_idle_timeout=body_idle_timeout,
-        send_timeout=send_timeout,
-        pack_cache=pack_cache,
-        advert_cache=advert_cache,
-    )
     table = routes(prefix, fallback=fallback, config=config)
-    limit = None
-    if max_git_processes:
-        limit = GitProcessLimit(max_git_processes, git_queue, git_queue_timeout)
-        for rule in table:
-            if rule.target in (InfoRefsHandler, RPCHandler):
-                rule.target = limited(rule.target, limit)
-    if ops:  # /-/health, /-/metrics: before the git routes, never a repository
-        table = (
-            ops_routes(prefix, gitbase=gitbase, git=git, advert_cache=advert_cache, pack_cache=pack_cache)
-            + table
-        )
-    if web:  # the code browser's CSS/JS under the server's own /-/ (before ops' catch-all)
+    metrics = None
+    if settings.ops:  # /-/health, /-/metrics: before the git routes, never a repository
+        metrics = Metrics(engine)
+        table = ops_routes(prefix, gitbase=settings.gitbase, metrics=metrics) + table
+    if settings.web:  # the code browser's CSS/JS under the server's own /-/ (before ops' catch-all)
         table.insert(
             0,
             tornado.web.url(re.escape(prefix) + r"/-/web/static/.*", FallbackHandler, {"fallback": fallback}),
         )
-    log_function = settings.setdefault("log_function", _log_request)
-    if ops:
-        settings["log_function"] = lambda handler: (count_request(handler), log_function(handler))
-    app = tornado.web.Application(table, **settings)
+    log_function = app_settings.setdefault("log_function", _log_request)
+    if metrics is not None:
+        app_settings["log_function"] = lambda handler: (metrics.count_request(handler), log_function(handler))
+    app = tornado.web.Application(table, **app_settings)
     app.gate = gate  # type: ignore[attr-defined]
-    app.git_limit = limit  # type: ignore[attr-defined]
+    app.engine = engine  # type: ignore[attr-defined]
+    app.metrics = metrics  # type: ignore[attr-defined]
+    app.git_limit = engine.slots  # type: ignore[attr-defined]
+    app.settings_object = settings  # type: ignore[attr-defined]
     return app

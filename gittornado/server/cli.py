@@ -228,25 +228,11 @@ def _quarantine_idle(settings: Settings) -> float:
     return max(settings.body_idle_timeout or 3600.0, 60.0) + 60.0
 
 
-#: Settings fields that are ``make_app`` keywords of the same name and meaning.
-_MAKE_APP_SAME = tuple(
-    "gitbase accessfile lookup realm prefix fallback index git upload_pack_limit receive_pack_limit "
-    "direct_output body_idle_timeout send_timeout allow_external_links web ssh_url ops "
-    "max_git_processes git_queue git_queue_timeout".split()
-)
-
-
 def _make_app(settings: Settings, shared: _Shared) -> Any:
-    """``make_app`` for ``settings``, with the live objects built from them (in the worker)."""
+    """``make_app(settings)``, with the objects workers share (in the worker)."""
     from ..access.throttle import Throttle
-    from ..engine.advertcache import AdvertCache
     from .app import make_app
 
-    access, auth_api = settings.access, settings.auth_api
-    if auth_api:  # make_app takes no timeout for the API: give it the API object instead
-        from ..access.authapi import AuthAPI
-
-        access, auth_api = AuthAPI(auth_api, timeout=settings.auth_api_timeout), None
     throttle = None
     if settings.throttled:
         throttle = Throttle(
@@ -255,14 +241,7 @@ def _make_app(settings: Settings, shared: _Shared) -> Any:
             block=settings.login_block,
             store=shared.store,
         )
-    return make_app(
-        **{name: getattr(settings, name) for name in _MAKE_APP_SAME},
-        access=access,
-        auth_api=auth_api,
-        throttle=throttle,
-        pack_cache=shared.pack_cache,
-        advert_cache=AdvertCache(settings.advert_cache_size) if settings.advert_cache_size else None,
-    )
+    return make_app(settings, throttle=throttle, pack_cache=shared.pack_cache)
 
 
 def _on_hup(app: Any) -> None:

@@ -20,9 +20,6 @@ import shutil
 import time
 from typing import Any
 
-from ..engine import run as gitproc
-from ..protocol.services import WRITE
-
 __all__ = ["drain", "remove_stale_quarantines"]
 
 log = logging.getLogger("gittornado.general")
@@ -36,11 +33,20 @@ def _busy_requests(server: Any) -> int:
     return busy() if busy is not None else 0
 
 
-async def drain(server: Any, grace: float, hurry: asyncio.Event | None = None) -> None:
+def _runs(server: Any, engine: Any) -> list:
+    """The running runs of the app ``server`` serves (or of ``engine``)."""
+    engine = (
+        engine if engine is not None else getattr(getattr(server, "request_callback", None), "engine", None)
+    )
+    return engine.running() if engine is not None else []
+
+
+async def drain(server: Any, grace: float, hurry: asyncio.Event | None = None, engine: Any = None) -> None:
     """Stop accepting, wait up to ``grace`` seconds for running work, stop the rest.
 
-    Running work is every git run of this process (smart HTTP, WebSocket, any
-    transport) and every HTTP request in progress. ``hurry`` set (a second
+    Running work is every git run of the app's engine (smart HTTP, WebSocket,
+    any transport; ``engine`` defaults to the served app's) and every HTTP
+    request in progress. ``hurry`` set (a second
     signal) ends the wait at once. A push whose input is complete is let
     finish (killing it between its pack check and its ref updates helps
     nobody); every other run is aborted, which closes git's input first.
@@ -49,27 +55,27 @@ async def drain(server: Any, grace: float, hurry: asyncio.Event | None = None) -
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     announced = False
-    while gitproc.running_runs() or _busy_requests(server):
+    while _runs(server, engine) or _busy_requests(server):
         if loop.time() >= deadline or (hurry is not None and hurry.is_set()):
             break
         if not announced:
             log.info(
                 "waiting up to %gs for %d git runs and %d requests to finish",
                 grace,
-                len(gitproc.running_runs()),
+                len(_runs(server, engine)),
                 _busy_requests(server),
             )
             announced = True
         await asyncio.sleep(0.05)
-    left = gitproc.running_runs()
+    left = _runs(server, engine)
     if left:
         log.warning("grace period over: stopping %d git runs", len(left))
         for run in left:
-            if not (run.service.right == WRITE and run.input_complete and run.started):
+            if not run.must_finish:
                 run.abort("the server is shutting down")
         # The engine signals git after its own grace (SIGTERM, then SIGKILL): bounded.
         stop_by = loop.time() + 15
-        while gitproc.running_runs() and loop.time() < stop_by:
+        while _runs(server, engine) and loop.time() < stop_by:
             await asyncio.sleep(0.05)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=10)

@@ -17,7 +17,8 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from ..access.gate import Session
-from ..engine.run import CHUNK_SIZE, git_output
+from ..engine.engine import Engine
+from ..engine.pipes import CHUNK_SIZE
 from ..protocol.services import READ
 from .httpbase import NO_CACHE, GitHandler
 
@@ -64,11 +65,9 @@ def _set_cache(handler: tornado.web.RequestHandler, immutable: bool) -> None:
             handler.set_header(k, v)
 
 
-async def send_info_refs(handler: tornado.web.RequestHandler, session: Session, git: str = "git") -> None:
+async def send_info_refs(handler: tornado.web.RequestHandler, session: Session, engine: Engine) -> None:
     """The dumb ``info/refs``, generated from the repository's refs (like http-backend)."""
-    out = await git_output(
-        [git, "for-each-ref", f"--format={_FOR_EACH_REF_FORMAT}", "refs/"], cwd=session.repo.path
-    )
+    out = await engine.query(["for-each-ref", f"--format={_FOR_EACH_REF_FORMAT}", "refs/"], session.repo.path)
     handler.set_header("Content-Type", "text/plain; charset=utf-8")
     _set_cache(handler, immutable=False)
     handler.finish(out)

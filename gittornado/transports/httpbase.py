@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,9 @@ from ..access.gate import Gate, Session, Throttle
 from ..access.legacy import legacy_access
 from ..access.repos import RepositoryLookup, has_encoded_separator
 from ..access.rights import AccessRequest, Credentials
+from ..engine.advertcache import AdvertCache
+from ..engine.engine import Engine
+from ..engine.slots import GitProcessLimit
 from ..errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from ..protocol import pktline
 
@@ -74,54 +76,47 @@ def make_gate(
     access: Any = None,
     lookup: Any = None,
     gitbase: str = ".",
-    throttle: Throttle | None = None,
+    throttle: Throttle | bool | None = True,
     auth: Any = None,
     gitlookup: Any = None,
+    allow_external_links: bool = False,
 ) -> Gate:
-    """The gate for handler keyword arguments (the original config-dict keys included)."""
+    """The gate for handler keyword arguments (the original config-dict keys included).
+
+    ``throttle=True`` (the default, as in ``make_app``) is brute-force
+    protection: 10 failures a minute per address.
+    """
     if access is None and (auth is not None or gitlookup is not None):
         access = legacy_access(auth, gitlookup)
-    return Gate(access, lookup if lookup is not None else RepositoryLookup(gitbase), throttle=throttle)
+    if lookup is None:
+        lookup = RepositoryLookup(gitbase, allow_external_links=allow_external_links)
+    elif allow_external_links:
+        raise ValueError("allow_external_links is for the default lookup; give either, not both")
+    if throttle is True:
+        throttle = Throttle()
+    return Gate(access, lookup, throttle=throttle or None)
 
 
 @dataclass(frozen=True)
 class GitConfig:
-    """Everything a git handler needs, validated once (by ``routes()``/``make_app``).
+    """Everything a git handler needs, built once per app (by ``routes()``/``make_app``).
 
-    :arg gate: the access decision (``Gate``); built from the access keywords
-        by ``GitConfig.build``.
+    :arg gate: the access decision (``Gate``).
+    :arg engine: the ``Engine`` that runs git for every transport of the app.
     :arg realm: Basic auth realm.
-    :arg git: the git executable.
-    :arg upload_pack_limit: cap on an inflated upload-pack request (413 beyond).
-    :arg receive_pack_limit: cap on a push body, None for unbounded.
-    :arg direct_output: let the kernel move fetch answers from git's pipe into
-        plain-HTTP sockets (``os.splice``); False relays them through Python.
-    :arg body_idle_timeout: seconds git may wait for request data that does not
-        come before the request is dropped (None: never).
-    :arg send_timeout: seconds a client may take no answer data before git is
-        stopped and the connection dropped (None: never).
-    :arg pack_cache: a ``packcache.PackCache``: fetches of the same objects share
-        one pack-objects run and are served from its file (None: off).
-    :arg advert_cache: an ``advertcache.AdvertCache``: ref advertisements served
-        from memory while the repository's refs are unchanged (None: off).
+
+    ``GitConfig.build(**options)`` makes both from keyword options, with the
+    same defaults whoever calls it: the login throttle and the advertisement
+    cache on, no cap on git processes.
     """
 
     gate: Gate
+    engine: Engine
     realm: str = "gittornado"
-    git: str = "git"
-    upload_pack_limit: int | None = 64 * 1024 * 1024
-    receive_pack_limit: int | None = None
-    direct_output: bool = True
-    body_idle_timeout: float | None = 600.0
-    send_timeout: float | None = 600.0
-    pack_cache: Any = None
-    advert_cache: Any = None
 
-    def git_options(self, service: Any) -> tuple[str, ...]:
-        """The extra ``-c`` settings a run of ``service`` gets (the pack cache's hook)."""
-        if self.pack_cache is not None and service.subcommand == "upload-pack":
-            return tuple(self.pack_cache.git_options())
-        return ()
+    @property
+    def git(self) -> str:
+        return self.engine.git
 
     @classmethod
     def build(
@@ -130,18 +125,27 @@ class GitConfig:
         access: Any = None,
         lookup: Any = None,
         gitbase: str = ".",
-        throttle: Throttle | None = None,
+        throttle: Throttle | bool | None = True,
         gate: Gate | None = None,
         auth: Any = None,
         gitlookup: Any = None,
         gitcommand: str | None = None,
-        auth_failed: Any = None,
         git: str = "git",
-        **options: Any,
+        realm: str = "gittornado",
+        allow_external_links: bool = False,
+        upload_pack_limit: int | None = 64 * 1024 * 1024,
+        receive_pack_limit: int | None = None,
+        direct_output: bool = True,
+        body_idle_timeout: float | None = 600.0,
+        send_timeout: float | None = 600.0,
+        pack_cache: Any = None,
+        advert_cache: AdvertCache | bool | None = True,
+        max_git_processes: int | None = None,
+        git_queue: int = 100,
+        git_queue_timeout: float = 30.0,
     ) -> GitConfig:
-        """The config for handler keyword arguments (the original GitTornado keys included:
-        ``auth``, ``gitlookup``, ``gitcommand``; ``auth_failed`` is accepted and unused)."""
-        del auth_failed
+        """The config for keyword options (the original GitTornado keys included:
+        ``auth``, ``gitlookup``, ``gitcommand``)."""
         if gate is None:
             gate = make_gate(
                 access=access,
@@ -150,39 +154,50 @@ class GitConfig:
                 throttle=throttle,
                 auth=auth,
                 gitlookup=gitlookup,
+                allow_external_links=allow_external_links,
             )
-        config = cls(gate=gate, git=gitcommand or git, **options)
-        for name in ("upload_pack_limit", "receive_pack_limit"):
-            value = getattr(config, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
-        for name in ("body_idle_timeout", "send_timeout"):
-            value = getattr(config, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 or None")
-        return config
+        if advert_cache is True:
+            advert_cache = AdvertCache()
+        engine = Engine(
+            git=gitcommand or git,
+            upload_pack_limit=upload_pack_limit,
+            receive_pack_limit=receive_pack_limit,
+            input_idle=body_idle_timeout,
+            output_idle=send_timeout,
+            direct_output=direct_output,
+            slots=GitProcessLimit(max_git_processes, git_queue, git_queue_timeout)
+            if max_git_processes
+            else None,
+            pack_cache=pack_cache,
+            advert_cache=advert_cache or None,
+        )
+        return cls(gate=gate, engine=engine, realm=realm)
 
 
-#: Configs built from hand-written routes' keyword arguments, keyed by the
-#: identity of each value: Tornado passes the same objects on every request,
-#: so a route's gate (and its login throttle) is built once, not per request.
-_CONFIGS: dict[tuple, tuple[GitConfig, tuple]] = {}
-_CONFIGS_LOCK = threading.Lock()
+#: Where an application keeps the configs of its hand-written routes.
+_APP_CONFIGS = "_gittornado_route_configs"
 
 
-def config_for(kwargs: dict[str, Any]) -> GitConfig:
-    """The ``GitConfig`` for a route's ``initialize`` keywords, built once per route."""
+def config_for(kwargs: dict[str, Any], application: Any = None) -> GitConfig:
+    """The ``GitConfig`` for a route's ``initialize`` keywords, built once per route and app.
+
+    Tornado passes a route's same keyword objects on every request, so a
+    hand-written route's gate (and its login throttle) is built on its first
+    request and kept on the application, keyed by the identity of each value
+    (kept alive with it): nothing is shared between two applications.
+    """
     config = kwargs.get("config")
     if config is not None:
         if len(kwargs) > 1:
             raise TypeError("give either config= or the individual options, not both")
         return config
+    if application is None:
+        return GitConfig.build(**kwargs)
+    configs = application.__dict__.setdefault(_APP_CONFIGS, {})
     key = tuple(sorted((k, id(v)) for k, v in kwargs.items()))
-    with _CONFIGS_LOCK:
-        hit = _CONFIGS.get(key)
-        if hit is None:
-            # The values are kept alive with the entry, so their ids stay theirs.
-            hit = _CONFIGS[key] = (GitConfig.build(**kwargs), tuple(kwargs.values()))
+    hit = configs.get(key)
+    if hit is None:
+        hit = configs[key] = (GitConfig.build(**kwargs), tuple(kwargs.values()))
     return hit[0]
 
 
@@ -201,10 +216,11 @@ class GitHandler(tornado.web.RequestHandler):
     transport = "http"
 
     def initialize(self, **kwargs: Any) -> None:
-        self.config = config = config_for(kwargs)
+        self.config = config = config_for(kwargs, self.application)
         self.gate = config.gate
+        self.engine = config.engine
         self.realm = config.realm
-        self.git = config.git
+        self.git = config.engine.git
 
     # -- requests -> the gate ------------------------------------------------------
     async def decide(self, repo: str, operation: str) -> Session:

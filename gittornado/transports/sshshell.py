@@ -10,10 +10,13 @@ shell ever sees it), asks the same gate as HTTP (``Gate.decide`` with
 found" for what the user may not read) and runs git through the engine. git
 reads the session itself (``GitRun(input_fd=0)``: the SSH channel *is* this
 process's stdin, so a push is not copied through Python); its output is
-relayed to stdout through the run, so that git always has somewhere to write
-its last words, even after the client left (a push that cannot report its
-failure dies of SIGPIPE and leaves its quarantine behind). The engine logs
-git's stderr, reaps git and writes the audit line; hooks see
+relayed to stdout by the engine's answer loop (this module is its ``Wire``),
+so that git always has somewhere to write its last words, even after the
+client left (a push that cannot report its failure dies of SIGPIPE and leaves
+its quarantine behind), and a git that dies mid-answer reaches the user as a
+``remote:`` line or ``remote error:``, not a bare "early EOF". The engine logs
+git's stderr, reaps git, caps a push (``--max-push-size`` becomes
+receive-pack's own ``receive.maxInputSize``) and writes the audit line; hooks see
 ``GITTORNADO_TRANSPORT=ssh`` and ``REMOTE_ADDR`` from ``SSH_CONNECTION``, and
 ``GIT_PROTOCOL`` passes through (protocol v2 with sshd's ``AcceptEnv GIT_PROTOCOL``).
 
@@ -33,13 +36,15 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
+
+from tornado.iostream import PipeIOStream, StreamClosedError
 
 from ..access.gate import Gate
 from ..access.repos import RepositoryLookup
 from ..access.rights import AccessRequest
-from ..engine.run import GitRun, PeerGone
+from ..engine.engine import Engine
 from ..errors import BadRequest, GitAccessError, NotFound, Unauthorized
 from ..protocol.services import READ, parse_ssh_command, valid_git_protocol
 
@@ -64,73 +69,35 @@ class _Refusal(Exception):
         self.log_message = log_message or message
 
 
-def _size(text: str) -> int:
-    from ..server.cli import parse_size  # only when the option is given: cli imports much more
-
-    return parse_size(text)
-
-
-def _pack_cache_options(args: argparse.Namespace, subcommand: str) -> tuple[str, ...]:
-    """The pack cache's ``-c`` settings for an upload-pack run; none when off or unusable."""
-    if not args.pack_cache_dir or not args.pack_cache_size or subcommand != "upload-pack":
-        return ()
+def _pack_cache(args: argparse.Namespace) -> Any:
+    """The pack cache the options name, or None when off or unusable."""
+    if not args.pack_cache_dir or not args.pack_cache_size or args.no_pack_cache:
+        return None
     from ..engine.packcache import PackCache
 
     try:
-        return PackCache(args.pack_cache_dir, max_bytes=args.pack_cache_size).git_options()
+        return PackCache(args.pack_cache_dir, max_bytes=args.pack_cache_size)
     except OSError as exc:
         app_log.warning("pack cache off: cannot use --pack-cache-dir %r: %s", args.pack_cache_dir, exc)
-        return ()
+        return None
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The shell's options: the server's own groups (``gittornado.server.options``), so a
+    flag means the same on both sides (``--max-push-size``, ``--pack-cache-dir``, ...)."""
+    from ..server import options
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Serve git over OpenSSH as a forced command: "
         'command="gittornado-shell [options] USER",restrict ssh-ed25519 ... in authorized_keys.',
     )
     p.add_argument("user", help="the user this key belongs to (what hooks and access rules see)")
-    p.add_argument(
-        "--gitbase",
-        "--root",
-        dest="gitbase",
-        default=".",
-        help="directory holding the repositories (default: the current directory)",
-    )
-    policy = p.add_mutually_exclusive_group()
-    policy.add_argument("--accessfile", help="INI users/groups/access file (the server's)")
-    policy.add_argument(
-        "--auth-api", metavar="URL", help="Gitorious-style authorization API instead of an access file"
-    )
-    p.add_argument(
-        "--auth-api-timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long an API call may take before the request is refused (default 5)",
-    )
-    p.add_argument(
-        "--allow-external-links",
-        action="store_true",
-        help="serve repositories reached through symlinks (or alternates) that lead outside --gitbase",
-    )
-    p.add_argument("--git", default="git", help="git executable (default: git on PATH, else /usr/bin/git)")
-    p.add_argument(
-        "--pack-cache-dir",
-        metavar="DIR",
-        help="share packs between identical fetches in DIR (the server's --pack-cache-dir, to share "
-        "its cache; default: off)",
-    )
-    p.add_argument(
-        "--pack-cache-size",
-        type=_size,
-        default=1024**3,
-        metavar="SIZE",
-        help="disk the pack cache may use, e.g. 500M or 2G (default 1G; 0 turns it off)",
-    )
-    p.add_argument("--log-file", metavar="FILE", help="append logs (with the audit line) to FILE")
-    p.add_argument("--syslog", action="store_true", help="send logs to syslog (/dev/log)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    options.add_repository_options(p)
+    options.add_policy_options(p)
+    options.add_limit_options(p)
+    options.add_cache_options(p, pack_cache_by_default=False)
+    options.add_logging_options(p)
     return p
 
 
@@ -210,37 +177,19 @@ def _detach_stdin() -> None:
         os.close(fd)
 
 
-def _settle(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+class _Session:
+    """The SSH session's stdout as the run's ``Wire`` (no splice: sshd reads a pipe)."""
 
+    closed_errors = (StreamClosedError, OSError)
 
-async def _send(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to the non-blocking ``fd``, waiting while the session is full."""
-    loop = asyncio.get_running_loop()
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_writer(fd, _settle, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
+    def __init__(self, fd: int) -> None:
+        self._stream = PipeIOStream(fd)
 
+    def send(self, data: bytes, last: bool = False) -> Awaitable[None]:
+        return self._stream.write(data)
 
-async def _relay(run: GitRun, fd: int) -> None:
-    """git's answer to the session; when the session is gone, the run drains git instead."""
-    os.set_blocking(fd, False)
-    try:
-        while chunk := await run.read():
-            await _send(fd, chunk)
-    except OSError:  # EPIPE, ECONNRESET: the client left
-        run.peer_gone()
-    except PeerGone:
-        pass
+    def splice_target(self) -> None:
+        return None
 
 
 async def _greet(gate: Gate, lookup: Any, user: str, addr: str, listable: bool) -> int:
@@ -290,28 +239,36 @@ async def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         # sshd did: hooks and the audit line see the key's user.
         session = dataclasses.replace(session, user=user)
     git = _find_git(args.git)
-    run = GitRun(
-        session,
-        parsed.service,
-        transport="ssh",
-        remote_addr=addr,
-        git_protocol=git_protocol,
-        stateless=False,
+    engine = Engine(
         git=git,
-        input_fd=0,
-        options=_pack_cache_options(args, parsed.service.subcommand),
+        receive_pack_limit=args.max_push_size,
+        input_idle=None,
+        output_idle=None,
+        direct_output=False,
+        pack_cache=_pack_cache(args),
     )
+    try:
+        run = await engine.start(
+            session,
+            parsed.service,
+            transport="ssh",
+            remote_addr=addr,
+            git_protocol=git_protocol,
+            stateless=False,
+            input_fd=0,
+        )
+    except GitAccessError as exc:  # 503: git cannot start
+        access_log.info("%s ssh %r user=%s: refused %d %s", addr or "-", command[:200], user, exc.status, exc)
+        _tell(str(exc))
+        return REFUSED
     _detach_stdin()
     loop = asyncio.get_running_loop()
     # The session hung up: git, reading it, sees that itself; the run drains it.
     loop.add_signal_handler(signal.SIGHUP, run.peer_gone)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, run.abort, f"gittornado-shell got {signal.Signals(sig).name}")
-    try:
-        await _relay(run, 1)
-        status = await run.wait()
-    finally:
-        run.close()  # on any path: nothing left behind
+    outcome = await run.answer(_Session(1))
+    status = outcome.exit_status if outcome.exit_status is not None else -1
     access_log.info(
         "%s ssh %s %s user=%s: git exited %d",
         addr or "-",

@@ -1,7 +1,7 @@
 """The ws:// transport: git's own protocol over one WebSocket per service run.
 
-A translator over the engine (``gitproc.GitRun``), like ``smarthttp``, with a
-full-duplex wire instead of request/response pairs: the bytes are those of
+A translator over the engine (``Engine.start`` -> ``GitRun``), like
+``smarthttp``, with a full-duplex wire instead of request/response pairs: the bytes are those of
 ``git://`` or SSH (``gitprotocol-pack``, ``gitprotocol-v2``), not the
 ``--stateless-rpc`` dialect of ``gitprotocol-http``. The client is the
 ``git-remote-ws`` helper (``gittornado.remote_helper``); the wire it speaks:
@@ -11,7 +11,9 @@ full-duplex wire instead of request/response pairs: the bytes are those of
   decided *before* the upgrade by the same gate as HTTP, so a refusal is an
   ordinary HTTP answer: 401 with ``WWW-Authenticate`` (the helper then asks
   git's credential helpers), 403, 404, 400 (bad service, malformed
-  ``Git-Protocol``), 429.
+  ``Git-Protocol``), 429. git starts before the upgrade too, in a process
+  slot like every other run: no slot in time, or no git (out of descriptors
+  or processes), is a 503 with ``Retry-After``, never a dropped connection.
 * After ``101``: binary frames carry git's stdin (client to server) and stdout
   (server to client) unchanged; where frames split the stream means nothing.
   An *empty* binary frame from the client is end of input (git's stdin
@@ -46,10 +48,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
-import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.routing
@@ -58,10 +58,11 @@ from tornado.httputil import HTTPServerRequest
 from tornado.iostream import IOStream, StreamClosedError
 
 from ..access.gate import Session
-from ..engine.run import _BULK_AFTER, GitRun, PeerGone
+from ..engine.output import Splice
+from ..engine.run import GitRun
 from ..errors import BadRequest, GitAccessError
 from ..protocol import pktline
-from ..protocol.services import READ, Service, service_for, valid_git_protocol
+from ..protocol.services import Service, service_for, valid_git_protocol
 from .httpbase import GitHandler
 
 __all__ = [
@@ -82,14 +83,11 @@ CLOSE_BAD_INPUT = 4400
 CLOSE_IDLE = 4408
 CLOSE_TOO_LARGE = 4413
 CLOSE_FAILED = 4500
-_CLOSE_INTERNAL = 1011
 
 #: Largest frame accepted (``websocket_max_message_size`` overrides): Tornado
 #: holds a whole frame in memory before ``on_message`` sees it. The helper
 #: sends at most 64 KiB per frame.
 MAX_FRAME = 1024 * 1024
-#: Most of git's output sent in one frame.
-_OUT_FRAME = 256 * 1024
 #: Seconds between pings (``websocket_ping_interval`` overrides; 0 turns them off).
 PING_INTERVAL = 30.0
 #: A close reason must fit the 125-byte control frame with its 2-byte code.
@@ -210,7 +208,21 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
             raise BadRequest("malformed Git-Protocol header")
         self.service, self._git_protocol_value = svc, value
         self.session = await self.decide(repo, svc.right)
-        await super().get(repo, service)  # the upgrade (or Tornado's 400/403/426)
+        # git starts before the upgrade: no slot or no git is still an HTTP answer (503).
+        self.run = await self.engine.start(
+            self.session,
+            svc,
+            transport="ws",
+            remote_addr=self.request.remote_ip or "",
+            git_protocol=value,
+            stateless=False,
+            on_abort=self._drop,
+        )
+        try:
+            await super().get(repo, service)  # the upgrade (or Tornado's 400/403/426)
+        finally:
+            if self.ws_connection is None:
+                self.run.close(reason="refused: not a WebSocket upgrade")
 
     @property
     def ping_interval(self) -> float | None:
@@ -231,30 +243,9 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
 
     # -- after the upgrade: frames <-> the run ------------------------------------------
     def open(self, repo: str, service: str) -> None:
-        config = self.config
-        limit = config.upload_pack_limit if self.service.right == READ else config.receive_pack_limit
-        try:
-            self.run = GitRun(
-                self.session,
-                self.service,
-                transport="ws",
-                remote_addr=self.request.remote_ip or "",
-                git_protocol=self._git_protocol_value,
-                stateless=False,
-                git=self.git,
-                input_limit=limit,
-                input_idle=config.body_idle_timeout or None,
-                output_idle=config.send_timeout or None,
-                on_abort=self._drop,
-                options=config.git_options(self.service),
-            )
-        except OSError as exc:
-            app_log.error("cannot start git %s for %s: %s", self.service.name, self.session.repo.name, exc)
-            self._end(_CLOSE_INTERNAL, "the server could not start git")
-            return
         self.set_nodelay(True)  # negotiation is many small packets each way
         self._scanner = pktline.Scanner()
-        self._pump = asyncio.ensure_future(self._send_output(self.run))
+        self._pump = asyncio.ensure_future(self._send_output())
 
     async def on_message(self, message: str | bytes) -> None:
         run = self.run
@@ -286,87 +277,59 @@ class GitWebSocketHandler(tornado.websocket.WebSocketHandler, GitHandler):
             run.peer_gone()
             run.close()
 
-    async def _send_output(self, run: GitRun) -> None:
-        """git's output -> binary frames; when it ends, close with git's outcome."""
-        try:
-            sock = self._splice_socket()
-            # The small answers before the pack go through Tornado even on a plain
-            # socket: the splice pump sends with MSG_MORE, and a last piece corked
-            # with nothing else in flight waits for the kernel's 200 ms probe timer
-            # (one stall per round trip: the advertisement, ls-refs, acknowledgments).
-            # Once the pack flows, ACKs release what is corked.
-            if sock is None:
-                await self._relay_output(run)
-            elif await self._relay_output(run, until_pack=True):
-                await self._splice_output(run, sock)
-            status = await run.wait()
-            trailer = run.trailer()
-            if trailer:
-                await self.write_message(trailer, binary=True)
-        except (PeerGone, StreamClosedError, tornado.websocket.WebSocketClosedError):
-            run.peer_gone()
+    async def _send_output(self) -> None:
+        """git's answer -> binary frames (the engine's loop); then close with its outcome."""
+        outcome = await self.run.answer(self)
+        if outcome.peer_gone:
             return
-        finally:
-            run.close()  # a no-op once git is reaped; otherwise it stops git
-        if run.abort_reason is not None:
-            self._end(CLOSE_IDLE, run.abort_reason)
-        elif status != 0:
-            # trailer() None: git failed inside a pack that went by unseen; the code says it.
-            self._end(CLOSE_FAILED, f"{run.service.name} failed on the server (see its log)")
+        if outcome.abort_reason is not None:
+            self._end(CLOSE_IDLE, outcome.abort_reason)
+        elif outcome.exit_status != 0:
+            # The late error went in-band first (unless git failed where none could be
+            # placed: inside a pack that went by unseen); the code says it either way.
+            self._end(CLOSE_FAILED, f"{self.service.name} failed on the server (see its log)")
         else:
             self._end(CLOSE_OK, "")
 
-    async def _relay_output(self, run: GitRun, until_pack: bool = False) -> bool:
-        """git's output -> frames through Tornado; with ``until_pack`` only until the
-        pack flows (where the splice pump takes over: it passes the same first
-        ``_BULK_AFTER`` bytes through Python). True if output is left, once all
-        that was written here is flushed."""
-        # One frame in flight while the next is read from git: the socket never
-        # waits for a Python step, and at most two frames are buffered.
-        flushed = None
-        state = run.answer
-        more = False
-        while not (until_pack and state.sideband and state.seen >= _BULK_AFTER):
-            chunk = await run.read(_OUT_FRAME)
-            if not chunk:
-                break
-            sent = self.write_message(chunk, binary=True)
-            sent.add_done_callback(_retrieve)  # its failure is the previous one's too
-            if flushed is not None:
-                await flushed
-            flushed = sent
+    # -- the run's Wire ------------------------------------------------------------------
+    closed_errors = (StreamClosedError, tornado.websocket.WebSocketClosedError)
+
+    _in_flight: asyncio.Future | None = None
+
+    def send(self, data: bytes, last: bool = False) -> Awaitable[None]:
+        """A binary frame; done once the frame before it is flushed (one in flight while
+        the engine reads the next from git: the socket never waits for a Python step)."""
+        before = self._in_flight
+        if data:  # an empty frame would mean nothing here: never sent
+            self._in_flight = sent = self.write_message(data, binary=True)
+            sent.add_done_callback(_retrieve)  # its failure is the next send's too
         else:
-            more = True
-        if flushed is not None:
-            await flushed
-        return more
+            self._in_flight = None
+        if before is None:
+            before = asyncio.get_running_loop().create_future()
+            before.set_result(None)
+        return before
 
-    def _splice_socket(self) -> socket.socket | None:
-        """The plain socket git's output may be spliced into, or None to relay (TLS)."""
-        if not self.config.direct_output or not hasattr(os, "splice"):
-            return None
-        stream = getattr(self.ws_connection, "stream", None)
-        if type(stream) is not IOStream or stream.socket is None:
-            return None
-        return stream.socket
+    def splice_target(self) -> Splice | None:
+        """The plain socket git's output may be spliced into, or None to relay (TLS).
 
-    async def _splice_output(self, run: GitRun, sock: socket.socket) -> None:
-        """Let the kernel move git's output into the socket, each piece a binary frame.
-
-        Tornado must not write to the socket meanwhile (a pong or a close could land
-        inside a frame): its stream is swapped for one that holds what Tornado
-        writes, and the pump sends that between two frames (or it goes at the end).
+        Tornado must not write to the socket meanwhile (a pong or a close could
+        land inside a frame): its stream is swapped for one that holds what
+        Tornado writes, and the pump sends that between two frames (or it goes
+        at the end, in ``release``).
         """
         protocol = self.ws_connection
-        assert protocol is not None
-        real = protocol.stream
-        held = _HeldWrites(real, run.peer_gone)
-        protocol.stream = held  # type: ignore[assignment]
-        try:
-            await run.splice_into(sock, held.frame)
-        finally:
-            protocol.stream = real
+        stream = getattr(protocol, "stream", None)
+        if type(stream) is not IOStream or stream.socket is None:
+            return None
+        held = _HeldWrites(stream, self.run.peer_gone)
+        protocol.stream = held  # type: ignore[union-attr]
+
+        def release() -> None:
+            protocol.stream = stream  # type: ignore[union-attr]
             held.release()
+
+        return Splice(stream.socket, held.frame, b"", release)
 
     def _refuse(self, code: int, reason: str) -> None:
         """Input that is not git's: stop git (nothing half-done is kept), then say why."""

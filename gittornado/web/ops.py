@@ -22,55 +22,74 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from typing import Any
 
 import tornado.web
 
-from ..engine import run as gitproc
+from ..engine.query import GitQueryError, git_query_sync
 
-__all__ = ["ops_routes", "count_request", "HealthHandler", "MetricsHandler"]
+__all__ = ["ops_routes", "Metrics", "HealthHandler", "MetricsHandler"]
 
 #: Seconds a health verdict is reused.
 HEALTH_CACHE = 5.0
 
 
-class _Metrics:
-    """The process's collectors, made once (prometheus-client refuses duplicates)."""
+class Metrics:
+    """One app's collectors, in a registry of its own (two apps in a process share none).
 
-    def __init__(self) -> None:
+    Observes the app's engine (every run's end, cache hits included) and reads
+    its running runs and caches at scrape time. With several worker processes,
+    prometheus-client itself reads ``PROMETHEUS_MULTIPROC_DIR`` (set by the CLI
+    before any worker exists) and every worker's numbers add up.
+    """
+
+    def __init__(self, engine: Any) -> None:
         import prometheus_client as prom
 
         self.prom = prom
+        self.engine = engine
+        self.registry = registry = prom.CollectorRegistry()
         multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = prom.Counter(
-            "gittornado_http_requests", "HTTP requests answered", ["method", "status"]
+            "gittornado_http_requests", "HTTP requests answered", ["method", "status"], registry=registry
         )
-        self.runs = prom.Counter("gittornado_git_runs", "git runs ended", ["service", "transport", "result"])
+        self.runs = prom.Counter(
+            "gittornado_git_runs", "git runs ended", ["service", "transport", "result"], registry=registry
+        )
         self.bytes_in = prom.Counter(
-            "gittornado_git_received_bytes", "bytes fed to git (pushes, fetch requests)", ["service"]
+            "gittornado_git_received_bytes",
+            "bytes fed to git (pushes, fetch requests)",
+            ["service"],
+            registry=registry,
         )
         self.bytes_out = prom.Counter(
-            "gittornado_git_sent_bytes", "bytes git answered (packs, advertisements)", ["service"]
+            "gittornado_git_sent_bytes",
+            "bytes git answered (packs, advertisements)",
+            ["service"],
+            registry=registry,
         )
         self.duration = prom.Histogram(
             "gittornado_git_run_duration_seconds",
             "git run duration",
             ["service"],
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+            registry=registry,
         )
         kwargs = {"multiprocess_mode": "livesum"} if multi else {}
         self.running = prom.Gauge(
-            "gittornado_git_processes_running", "git runs in progress in this process", **kwargs
+            "gittornado_git_processes_running",
+            "git runs in progress in this process",
+            registry=registry,
+            **kwargs,
         )
         if not multi:
-            self.running.set_function(lambda: len(gitproc.running_runs()))
+            self.running.set_function(lambda: len(engine.runs))
         self.multi = multi
-        self.caches = _CacheCollector()
+        self.caches = _CacheCollector(engine.advert_cache, engine.pack_cache)
         if not multi:
-            prom.REGISTRY.register(self.caches)
-        gitproc.add_run_observer(self.run_ended)
+            registry.register(self.caches)
+        engine.add_observer(self.run_ended)
 
     def run_ended(self, run: Any) -> None:
         service = run.op.service
@@ -79,27 +98,33 @@ class _Metrics:
         self.bytes_out.labels(service).inc(run.op.bytes_out)
         self.duration.labels(service).observe(time.monotonic() - run.op.started)
         if self.multi:
-            self.running.set(len(gitproc.running_runs()))
+            self.running.set(len(self.engine.runs))
+
+    def count_request(self, handler: tornado.web.RequestHandler) -> None:
+        """Count an answered request by status (called from the app's log function)."""
+        self.requests.labels(handler.request.method or "-", str(handler.get_status())).inc()
+        if self.multi:
+            self.running.set(len(self.engine.runs))
 
     def render(self) -> tuple[bytes, str]:
         prom = self.prom
         if self.multi:
             from prometheus_client import multiprocess
 
-            self.running.set(len(gitproc.running_runs()))
+            self.running.set(len(self.engine.runs))
             registry = prom.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             registry.register(self.caches)
             return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
-        return prom.generate_latest(), prom.CONTENT_TYPE_LATEST
+        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
 
 class _CacheCollector:
     """The caches' own figures, read at scrape time (they keep their own counters)."""
 
-    def __init__(self) -> None:
-        self.advert: Any = None
-        self.pack: Any = None
+    def __init__(self, advert: Any, pack: Any) -> None:
+        self.advert = advert
+        self.pack = pack
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -133,28 +158,6 @@ class _CacheCollector:
             )
 
 
-_metrics: _Metrics | None = None
-
-
-def _get_metrics() -> _Metrics | None:
-    global _metrics
-    if _metrics is None:
-        try:
-            _metrics = _Metrics()
-        except ImportError:
-            return None
-    return _metrics
-
-
-def count_request(handler: tornado.web.RequestHandler) -> None:
-    """Count an answered request by status (called from the app's log function)."""
-    metrics = _get_metrics()
-    if metrics is not None:
-        metrics.requests.labels(handler.request.method or "-", str(handler.get_status())).inc()
-        if metrics.multi:
-            metrics.running.set(len(gitproc.running_runs()))
-
-
 class _Health:
     """The cached verdict for one root and one git."""
 
@@ -170,13 +173,9 @@ class _Health:
         except OSError as exc:
             return f"cannot read the repository root: {exc.strerror}"
         try:
-            done = subprocess.run(
-                [self.git, "--version"], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            git_query_sync([self.git, "--version"], self.gitbase, timeout=10)
+        except (OSError, GitQueryError) as exc:
             return f"cannot run git: {exc}"
-        if done.returncode != 0:
-            return f"git --version exited with {done.returncode}"
         return None
 
     async def problem_now(self) -> str | None:
@@ -210,11 +209,11 @@ class HealthHandler(tornado.web.RequestHandler):
 class MetricsHandler(tornado.web.RequestHandler):
     """``GET /-/metrics``: Prometheus text format."""
 
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
     def get(self) -> None:
-        metrics = _get_metrics()
-        if metrics is None:
-            raise tornado.web.HTTPError(404, "prometheus-client is not installed")
-        body, content_type = metrics.render()
+        body, content_type = self.metrics.render()
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)
@@ -227,21 +226,13 @@ class _Reserved(tornado.web.RequestHandler):
         raise tornado.web.HTTPError(404)
 
 
-def ops_routes(
-    prefix: str, *, gitbase: str, git: str = "git", advert_cache: Any = None, pack_cache: Any = None
-) -> list:
-    """Routes for ``prefix/-/...``; they go before the git routes. ``prefix`` is validated.
-
-    The caches given are the ones ``/-/metrics`` reports (the app's latest).
-    """
+def ops_routes(prefix: str, *, gitbase: str, metrics: Metrics) -> list:
+    """Routes for ``prefix/-/...``; they go before the git routes. ``prefix`` is validated."""
     import re
 
     p = re.escape(prefix)
-    metrics = _get_metrics()  # collectors exist from the start: the first scrape shows every series
-    if metrics is not None:
-        metrics.caches.advert, metrics.caches.pack = advert_cache, pack_cache
     return [
-        tornado.web.url(p + r"/-/health\Z", HealthHandler, {"health": _Health(gitbase, git)}),
-        tornado.web.url(p + r"/-/metrics\Z", MetricsHandler),
+        tornado.web.url(p + r"/-/health\Z", HealthHandler, {"health": _Health(gitbase, metrics.engine.git)}),
+        tornado.web.url(p + r"/-/metrics\Z", MetricsHandler, {"metrics": metrics}),
         tornado.web.url(p + r"/-/.*", _Reserved),
     ]
