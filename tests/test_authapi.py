@@ -26,8 +26,8 @@ from sshd_server import sshd  # noqa: F401  (the fixture)
 from test_contract import config_env, credential_helper
 
 from gittornado import AuthAPI
-from gittornado.access import hooks as hookchain
 from gittornado.access.authapi import _Garbled, _parse_repo_config
+from gittornado.access.hooks import HOOK_NAMES, HookChain
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
 
@@ -284,6 +284,21 @@ def test_slow_api_refuses(serve, silent_url, tmp_path):
     assert proc.returncode != 0 and b"503" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("repo", ["app", "no-such-repo"])
+def test_unavailable_api_is_503_with_retry_after_for_every_repository(serve, dead_url, repo):
+    """SPEC: fails closed with 503 and Retry-After, the same whether the repository exists."""
+    import http.client
+
+    server = serve(access=AuthAPI(dead_url, timeout=1))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", f"/{repo}/info/refs?service=git-upload-pack")
+    answer = conn.getresponse()
+    body = answer.read()
+    assert answer.status == 503, body
+    assert answer.getheader("Retry-After") == "5"
+    assert b"authorization service is unavailable" in body
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -469,13 +484,16 @@ def test_query_is_url_encoded(api, via):
 def test_wrapper_directory_is_rebuilt_when_removed():
     """A temp cleaner removing the wrappers must not let git skip a custom hook silently."""
 
-    first = hookchain.hook_env({"update": "/bin/true"})["GIT_CONFIG_VALUE_0"]
+    chain = HookChain()
+    first = chain.env({"update": "/bin/true"})["GIT_CONFIG_VALUE_0"]
     shutil.rmtree(first)
-    again = hookchain.hook_env({"update": "/bin/true"})["GIT_CONFIG_VALUE_0"]
-    assert again != first and sorted(os.listdir(again)) == sorted(hookchain.HOOK_NAMES)
-    assert all(os.access(os.path.join(again, name), os.X_OK) for name in hookchain.HOOK_NAMES)
+    again = chain.env({"update": "/bin/true"})["GIT_CONFIG_VALUE_0"]
+    assert again != first and sorted(os.listdir(again)) == sorted(HOOK_NAMES)
+    assert all(os.access(os.path.join(again, name), os.X_OK) for name in HOOK_NAMES)
     assert os.stat(again).st_mode & 0o777 == 0o700
-    assert hookchain.hook_env({}) == {}
+    assert chain.env({}) == {}
+    # Each policy has its own directory: two apps in one process share none.
+    assert HookChain().directory() != again
 
 
 def test_cli_takes_either_an_access_file_or_an_api(tmp_path, capsys):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from ..errors import GitAccessError
-from . import hooks as hookchain
+from .hooks import HookChain
 from .rights import AccessRequest, BadCredentials, Credentials, Grant
 
 __all__ = ["AuthAPI", "AuthAPIUnavailable"]
@@ -59,6 +59,7 @@ class AuthAPIUnavailable(GitAccessError):
 
     status = 503
     default_message = "the authorization service is unavailable; try again later"
+    retry_after = 5
 
 
 class _Garbled(ValueError):
@@ -145,6 +146,8 @@ class AuthAPI:
         self._key = secrets.token_bytes(32)
         self._logins: dict[bytes, tuple[float, str]] = {}
         self._configs: dict[tuple[str, str], tuple[float, _RepoConfig]] = {}
+        #: The custom hooks' wrappers, built now (at start), not on a request.
+        self.hooks = HookChain()
 
     def __repr__(self) -> str:
         return f"AuthAPI({self.url!r})"
@@ -237,7 +240,7 @@ class AuthAPI:
             self._remember(self._configs, key, config)
         try:
             # Built on every use, not cached: it checks the wrapper directory is still there.
-            env = hookchain.hook_env(config.custom)
+            env = self.hooks.env(config.custom)
         except OSError as exc:
             app_log.error("custom hooks for %s cannot run (refusing): %s", request.repo, exc)
             raise AuthAPIUnavailable("custom hooks cannot run on the server") from None

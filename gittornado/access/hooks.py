@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import threading
 
-__all__ = ["CUSTOM_HOOK_ENV", "HOOK_NAMES", "hooks_dir", "hook_env"]
+__all__ = ["CUSTOM_HOOK_ENV", "HOOK_NAMES", "HookChain"]
 
 #: Hook name -> the environment variable holding its custom hook's path.
 CUSTOM_HOOK_ENV = {
@@ -54,7 +54,7 @@ HOOK_NAMES = (
 # POSIX sh. Unsets the config that points git here first, so neither the
 # repository's own hook directory lookup nor git commands inside the hooks see it.
 _WRAPPER = r"""#!/bin/sh
-# Written by gittornado (gittornado/hookchain.py): git runs this instead of the
+# Written by gittornado (gittornado/access/hooks.py): git runs this instead of the
 # repository's own hook (core.hooksPath). It runs the repository's own hook,
 # then the custom hook the authorization API named for this push, if any.
 if [ -n "${GITTORNADO_HOOKCHAIN_PROBE:-}" ]; then echo gittornado-hookchain; exit 0; fi
@@ -92,10 +92,6 @@ fi
 printf '%s' "$input" 2>/dev/null | "$custom" "$@" || status=$?
 exit "$status"
 """
-
-_lock = threading.Lock()
-_dir: str | None = None
-_owner_pid: int | None = None
 
 
 def _intact(path: str) -> bool:
@@ -142,33 +138,51 @@ def _remove(path: str, pid: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def hooks_dir() -> str:
-    """The wrapper directory for this process, (re)built when missing or altered.
+class HookChain:
+    """The wrapper directory of one access policy, built when the policy is (at start).
 
-    Raises ``OSError`` when wrappers cannot be written or run there (e.g. a
-    ``noexec`` temp directory): callers must then refuse the push, not run it
-    without its custom hooks.
+    Built once, off any request: writing the wrappers and probing that one
+    runs is blocking work. It is still checked on every use (nine ``lstat``
+    calls) and rebuilt if a temp cleaner removed or altered it. A directory
+    that cannot be built (a ``noexec`` temp directory) is not an error until
+    a push needs custom hooks: that push is then refused.
     """
-    global _dir, _owner_pid
-    with _lock:
-        pid = os.getpid()
-        if _dir is None or _owner_pid != pid or not _intact(_dir):
-            _dir, _owner_pid = _create(), pid
-            atexit.register(_remove, _dir, pid)
-        return _dir
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dir: str | None = None
+        self._owner_pid: int | None = None
+        try:
+            self.directory()
+        except OSError:
+            pass  # tried again, and refused, by the push that needs it
 
-def hook_env(custom: dict[str, str]) -> dict[str, str]:
-    """Environment for git that runs ``custom`` (hook name -> absolute path) after the own hooks.
+    def directory(self) -> str:
+        """The wrapper directory, (re)built when missing or altered.
 
-    Empty when there is no custom hook: git then runs the repository's hooks
-    the ordinary way, untouched.
-    """
-    unknown = set(custom) - set(CUSTOM_HOOK_ENV)
-    if unknown:
-        raise ValueError(f"no custom hook can be chained for {sorted(unknown)}")
-    if not custom:
-        return {}
-    env = {CUSTOM_HOOK_ENV[name]: path for name, path in custom.items()}
-    env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="core.hooksPath", GIT_CONFIG_VALUE_0=hooks_dir())
-    return env
+        Raises ``OSError`` when wrappers cannot be written or run there: callers
+        must then refuse the push, not run it without its custom hooks.
+        """
+        with self._lock:
+            pid = os.getpid()
+            if self._dir is None or self._owner_pid != pid or not _intact(self._dir):
+                self._dir, self._owner_pid = _create(), pid
+                atexit.register(_remove, self._dir, pid)
+            return self._dir
+
+    def env(self, custom: dict[str, str]) -> dict[str, str]:
+        """Environment for git that runs ``custom`` (hook name -> absolute path) after the own hooks.
+
+        Empty when there is no custom hook: git then runs the repository's hooks
+        the ordinary way, untouched.
+        """
+        unknown = set(custom) - set(CUSTOM_HOOK_ENV)
+        if unknown:
+            raise ValueError(f"no custom hook can be chained for {sorted(unknown)}")
+        if not custom:
+            return {}
+        env = {CUSTOM_HOOK_ENV[name]: path for name, path in custom.items()}
+        env.update(
+            GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="core.hooksPath", GIT_CONFIG_VALUE_0=self.directory()
+        )
+        return env

@@ -91,7 +91,8 @@ class OutputMixin:
     """``GitRun``'s output side: the answer loop, reads and the splice."""
 
     async def answer(self: GitRun, wire: Wire, preamble: bytes = b"") -> Outcome:
-        """Send git's whole answer over ``wire``; the run is over when this returns.
+        """Send git's whole answer over ``wire``; the run is over when this returns
+        (when the peer left, git is being stopped in the background: ``wait`` for it).
 
         ``preamble`` goes first once git said something (HTTP's ``# service=``
         line). Raises ``GitAccessError`` (503) only before anything was sent:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,6 +62,7 @@ from ..engine.run import GitRun
 from ..errors import BadRequest, GitAccessError
 from ..protocol import pktline
 from ..protocol.services import Service, service_for, valid_git_protocol
+from ..protocol.wsframe import frame_header
 from .httpbase import GitHandler
 
 __all__ = [
@@ -97,15 +97,6 @@ _MAX_REASON = 123
 def _reason(text: str) -> str:
     data = text.encode("utf-8")[:_MAX_REASON]
     return data.decode("utf-8", "ignore")
-
-
-def _frame_header(n: int) -> bytes:
-    """The header of an unmasked, final, binary frame of ``n`` bytes (RFC 6455 5.2)."""
-    if n < 126:
-        return bytes((0x82, n))
-    if n < 65536:
-        return struct.pack("!BBH", 0x82, 126, n)
-    return struct.pack("!BBQ", 0x82, 127, n)
 
 
 class _HeldWrites:
@@ -153,7 +144,7 @@ class _HeldWrites:
         return b"".join(parts)
 
     def frame(self, n: int) -> bytes:
-        return self.take() + _frame_header(n)
+        return self.take() + frame_header(n)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
