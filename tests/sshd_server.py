@@ -33,7 +33,7 @@ def shell_argv() -> list[str]:
     script = Path(sys.executable).parent / "gittornado-shell"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "gittornado.transports.sshshell"]
+    return [sys.executable, "-m", "gittornado.server.shell"]
 
 
 class Sshd:

@@ -520,7 +520,7 @@ def test_gittornado_shell_shares_the_cache(gitbase, tmp_path, trace):
     # This checkout's shell, not an installed copy's.
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(packcache.__file__))))
     python = shlex.quote(sys.executable)
-    shell = f"env PYTHONPATH={shlex.quote(checkout)} {python} -m gittornado.transports.sshshell"
+    shell = f"env PYTHONPATH={shlex.quote(checkout)} {python} -m gittornado.server.shell"
     fake_ssh.write_text(
         "#!/bin/sh\nfor last; do :; done\n"  # git runs: fake-ssh HOST COMMAND
         f'SSH_ORIGINAL_COMMAND="$last" SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" exec {shell} '

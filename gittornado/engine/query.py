@@ -58,13 +58,13 @@ def git_query_sync(
             cwd=cwd,
             env=scrubbed_env(os.environ, env),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
             timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
         raise GitQueryError(f"{' '.join(argv[1:3])} took longer than {timeout}s") from None
     if proc.returncode != 0:
-        raise GitQueryError(f"{' '.join(argv[1:3])} exited with status {proc.returncode}")
+        said = proc.stderr.decode("utf-8", "replace").strip()[:200]
+        raise GitQueryError(f"{' '.join(argv[1:3])} exited with status {proc.returncode}: {said}")
     return proc.stdout

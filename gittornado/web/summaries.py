@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..access.repos import RepositoryLookup, walk_git_dirs
+from ..engine.query import GitQueryError, git_query_sync
 
 __all__ = ["RepoSummary", "SummaryCache", "cached_names", "read_description", "read_default_branch"]
 
@@ -152,20 +152,15 @@ class SummaryCache:
             "--format=%(committerdate:unix)",
             "refs/heads",
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=10, env=env, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            out = git_query_sync(argv, git_dir, timeout=10).strip()
+        except OSError as exc:
             app_log.warning("index: cannot read the last commit of %s: %s", git_dir, exc)
             return None
-        out = proc.stdout.strip()
-        if proc.returncode != 0 or not out.isdigit():
-            if proc.returncode != 0:
-                app_log.info(
-                    "index: git for-each-ref in %s failed: %s",
-                    git_dir,
-                    proc.stderr.decode("utf-8", "replace").strip()[:200],
-                )
+        except GitQueryError as exc:
+            app_log.info("index: git for-each-ref in %s failed: %s", git_dir, exc)
+            return None
+        if not out.isdigit():
             return None
         return int(out)
 
