@@ -6,18 +6,15 @@ pushes; ``DEFAULT``: no access configuration, everyone reads, nobody pushes;
 ``ACL``: the access file of conftest's ``acl_server``, with users alice, bob and
 carol), optionally as a user, plus the environment git needs to get there.
 ``client()`` runs git with both. So the rows are the same for smart HTTP with
-protocol v0, v1 and v2, for dumb HTTP (reads only) and for the transports
-still to come:
+protocol v0, v1 and v2 (spliced and relayed), for dumb HTTP (reads only), for
+ws:// (the ``git-remote-ws`` helper, protocol v0 and v2) and for ssh:// (a real
+sshd whose forced command is ``gittornado-shell``; over SSH the key picks the
+user, so rows with an anonymous user or a wrong password skip).
 
-* ws:// and wss:// join by a subclass whose ``remote()`` returns a ``ws://``
-  URL of a server from ``serve`` (the ``git-remote-ws`` helper must be on
-  ``PATH``; a user's credentials go in the URL or a credential helper in ``env``).
-* ssh:// joins by a subclass whose ``remote()`` returns an ``ssh://`` URL and an
-  ``env`` with ``GIT_SSH_COMMAND`` pointing at a stand-in for ssh that runs
-  ``gittornado-shell --accessfile ... --gitbase ... USER`` (over SSH the key picks
-  the user, so ``user`` chooses the command line, and ``password`` has no say).
-  Rows that cannot exist there (an anonymous user, a wrong password) skip by
-  ``remote()`` calling ``pytest.skip``.
+The engine's rows (a git dying mid-answer, the input cap, the process cap, a
+git that cannot start) run over every transport too: a transport supplies
+``engine_remote(repo, **make_app_keywords)`` and ``starved_remote(repo)``, or
+the row skips saying why.
 
 A subclass sets ``transport`` (what hooks see in ``GITTORNADO_TRANSPORT``),
 ``smart`` and ``can_push``, implements ``remote()`` and, when it can,

@@ -127,14 +127,15 @@ class Settings:
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
                 return f"--auth-api must be an http(s) URL without a query, not {self.auth_api!r}"
         if self.allow_external_links and self.lookup is not None:
-            return "--allow-external-links is for the default lookup; give either it or lookup, not both"
+            # lookup is a program's: so is the message's wording (the keywords).
+            return "allow_external_links is for the default lookup; give either it or lookup, not both"
         return None
 
     def _check_served(self) -> str | None:
         if not self.realm or re.search(r'["\\\x00-\x1f\x7f]', self.realm):
             return f"--realm must be non-empty text without quotes or control characters, not {self.realm!r}"
         if self.web and self.fallback is not None:
-            return "give either --web or fallback, not both"
+            return "give either web or fallback, not both"
         if not self.git:
             return "--git must name the git executable"
         return None
