@@ -342,6 +342,20 @@ class ContractTests:
         """``repo`` on a server with no file descriptors left to start git with."""
         pytest.skip("no git service runs over this transport")
 
+    def stall(self, repo: str, idle: float) -> str:
+        """Start a push of ``repo`` on a server whose input idle timeout is ``idle`` seconds,
+        send part of it and go quiet; return what the transport said when it hung up."""
+        pytest.skip("no git service runs over this transport")
+
+    def test_idle_client_is_dropped_and_git_stopped(self):
+        """A client that goes quiet mid-request is dropped after the idle timeout, git with it."""
+        upstream = self.gitbase / "app.git"
+        before = refs(upstream)
+        said = self.stall("app", idle=0.5)
+        assert "no request data" in said or said == "closed", said
+        wait_for(lambda: not git_processes(str(upstream)), message="receive-pack to be stopped")
+        assert refs(upstream) == before
+
     def test_git_dying_mid_answer_reads_as_remote_error(self):
         """git killed after 64 bytes of its answer: the user reads why, not a bare "early EOF".
 
@@ -373,12 +387,20 @@ class ContractTests:
 
     def test_process_cap_queues_then_refuses(self):
         """One git at a time: a second clone waits its turn; with no room to wait, it is refused."""
-        slow = git_wrapper(self.tmp, "upload-pack", 'sleep 2; exec "$REAL_GIT" "$@"')
+        runs = self.tmp / "runs.log"
+        slow = git_wrapper(
+            self.tmp,
+            "upload-pack",
+            f'echo start >> "{runs}"; sleep 1.5; "$REAL_GIT" "$@"; s=$?; echo end >> "{runs}"; exit $s',
+        )
         queued = self.engine_remote("app", git=slow, max_git_processes=1, git_queue=5)
         first = self.client_async("clone", "-q", queued, str(self.tmp / "q1"))
         wait_for(lambda: self._slow_git_runs(), message="the first git to run")
         second = self.client("clone", "-q", queued, str(self.tmp / "q2"), check=False)
         assert first.wait(60) == 0 and second.returncode == 0, second.stderr
+        # The second waited for the first's slot: the runs never overlapped.
+        words = runs.read_text().split()
+        assert len(words) >= 4 and words == ["start", "end"] * (len(words) // 2), words
         full = self.engine_remote("app", git=slow, max_git_processes=1, git_queue=0)
         first = self.client_async("clone", "-q", full, str(self.tmp / "f1"))
         wait_for(lambda: self._slow_git_runs(), message="the first git to run")
@@ -514,6 +536,25 @@ class SmartHTTP(_HTTP):
     #: make_app keywords every server of this class gets.
     app_options: Mapping[str, object] = {}
 
+    def stall(self, repo, idle):
+        server = self.serve(access=AllowAll(), body_idle_timeout=idle, **self.app_options)
+        head = (
+            f"POST /{repo}/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-git-receive-pack-request\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=idle * 20) as sock:
+            sock.sendall(head + b"4\r\n0000\r\n")  # a flush, then nothing: git waits
+            wait_for(
+                lambda: git_processes(str(self.gitbase / f"{repo}.git")), message="receive-pack to start"
+            )
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+        return "closed"
+
     def engine_remote(self, repo, **options):
         server = self.serve(access=AllowAll(), **self.app_options, **options)
         return Remote(f"{server.url}/{repo}", dict(self.extra_env))
@@ -629,6 +670,17 @@ class _WS(ContractTests):
         server = self.serve(access=AllowAll(), **options)
         return Remote(f"ws://127.0.0.1:{server.port}/{repo}", ws_env())
 
+    def stall(self, repo, idle):
+        from test_websocket import RawWebSocket
+
+        server = self.serve(access=AllowAll(), body_idle_timeout=idle)
+        ws = RawWebSocket(server.port, f"/{repo}/git-receive-pack")
+        ws.read_until(pktline.FLUSH)  # the advertisement; then nothing from us
+        _, code, reason = ws.until_close()
+        ws.close()
+        assert code == 4408, (code, reason)
+        return reason
+
     def starved_remote(self, repo):
         server, held = starved_http_server(self.gitbase, self.tmp)
         self.cleanups.append(lambda: ([sock.close() for sock in held], server.stop()))
@@ -705,6 +757,11 @@ class TestSSH(ContractTests):
             args += ["--max-push-size", str(options.pop("receive_pack_limit"))]
         assert not options, options
         return Remote(self.sshd.url(repo), self.sshd.env(self._new_key(args)))
+
+    def stall(self, repo, idle):
+        pytest.skip(
+            "git reads the SSH session itself: a quiet client is sshd's to drop (ClientAliveInterval)"
+        )
 
     def starved_remote(self, repo):
         # Ten descriptors: Python and the session fit, git's three pipes do not.

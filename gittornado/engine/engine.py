@@ -21,6 +21,7 @@ from ..protocol import pktline
 from ..protocol.services import Service
 from .advertcache import AdvertCache, is_ls_refs, request_key
 from .gitargs import GIT_OPTIONS
+from .pipes import OUT_OF_RESOURCES
 from .query import git_query
 from .run import GitRun
 from .slots import GitProcessLimit
@@ -203,7 +204,9 @@ class Engine:
         try:
             return await git_query([self.git, *args], cwd, max_bytes=max_bytes)
         except OSError as exc:
-            raise ServiceUnavailable(f"cannot run git: {exc.strerror or exc}") from None
+            if exc.errno not in OUT_OF_RESOURCES:
+                raise
+            raise ServiceUnavailable("the server is out of resources to run git; try again later") from None
         finally:
             if self.slots is not None:
                 self.slots.release()

@@ -99,23 +99,6 @@ class GitRun(EndingMixin, OutputMixin):
         #: The repository's real directory (caches key on it).
         self.repo_path = session.repo.path
         self.options = options
-        self._argv = git_argv(
-            service,
-            session.repo.path,
-            stateless=stateless,
-            advertise=advertise,
-            git=engine.git,
-            options=options,
-        )
-        self._env = git_env(
-            os.environ,
-            user=session.user,
-            repo=session.repo.name,
-            transport=transport,
-            remote_addr=remote_addr,
-            git_protocol=git_protocol,
-            extra=session.env,
-        )
         self.op = Operation(
             session.user, remote_addr, session.repo.name, service.name, self.protocol, transport
         )
@@ -197,7 +180,7 @@ class GitRun(EndingMixin, OutputMixin):
     async def _spawn(self, stdin: bool | int) -> None:
         await self.engine.take_slot(self)
         try:
-            self._child = spawn(self._argv, env=self._env, cwd=self.repo_path, stdin=stdin)
+            self._child = spawn(self._argv(), env=self._env(), cwd=self.repo_path, stdin=stdin)
         except OSError as exc:
             if exc.errno not in OUT_OF_RESOURCES:
                 raise
@@ -208,6 +191,29 @@ class GitRun(EndingMixin, OutputMixin):
             raise ServiceUnavailable("the server is out of resources to run git; try again later") from None
         self._task(self._reap())
         self._stderr_task = self._task(self._log_stderr())
+
+    # argv and env are built only when git starts: a cache hit never needs them.
+    def _argv(self) -> list[str]:
+        return git_argv(
+            self.service,
+            self.repo_path,
+            stateless=self.stateless,
+            advertise=self.advertise,
+            git=self.engine.git,
+            options=self.options,
+        )
+
+    def _env(self) -> dict[str, str]:
+        op = self.op
+        return git_env(
+            os.environ,
+            user=op.user,
+            repo=op.repo,
+            transport=op.transport,
+            remote_addr=op.remote_addr,
+            git_protocol=self.git_protocol,
+            extra=self.session.env,
+        )
 
     def _task(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
