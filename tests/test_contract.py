@@ -544,10 +544,9 @@ class SmartHTTP(_HTTP):
             "Transfer-Encoding: chunked\r\n\r\n"
         ).encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=idle * 20) as sock:
-            sock.sendall(head + b"4\r\n0000\r\n")  # a flush, then nothing: git waits
-            wait_for(
-                lambda: git_processes(str(self.gitbase / f"{repo}.git")), message="receive-pack to start"
-            )
+            sock.sendall(head + b"2\r\n00\r\n")  # half a pkt-line header, then nothing: git waits
+            upstream = str(self.gitbase / f"{repo}.git")
+            wait_for(lambda: git_processes(upstream), message="receive-pack to start")
             try:
                 while sock.recv(65536):
                     pass
