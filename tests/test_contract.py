@@ -458,6 +458,20 @@ def git_wrapper(tmp: os.PathLike, service: str, body: str) -> str:
     return str(script)
 
 
+def _shells(fragment: str) -> list[int]:
+    """gittornado-shell processes whose command line mentions ``fragment``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("gittornado-shell" in cmd or "gittornado.server.shell" in cmd) and fragment in cmd:
+            found.append(int(pid))
+    return found
+
+
 def quarantines(repo: os.PathLike) -> list[str]:
     objects = os.path.join(repo, "objects")
     return [n for n in os.listdir(objects) if n.startswith("tmp_objdir-incoming-")]
@@ -809,3 +823,5 @@ class TestSSH(ContractTests):
             proc.kill()
             proc.wait()
             writer.join(10)
+        # ... and the forced command ends too (it once waited forever for an unreaped git).
+        wait_for(lambda: not _shells(str(self.tmp)), message="gittornado-shell to exit")

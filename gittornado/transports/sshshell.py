@@ -165,7 +165,11 @@ async def serve(gate: Gate, engine: Engine, user: str, environ: Mapping[str, str
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, run.abort, f"gittornado-shell got {signal.Signals(sig).name}")
     outcome = await run.answer(_Session(1))
-    status = outcome.exit_status if outcome.exit_status is not None else -1
+    # The peer may have left while git still runs (a push finishing, a fetch being
+    # stopped): this process is git's parent, so it ends only once git is reaped.
+    status = await run.wait()
+    if outcome.exit_status is not None:
+        status = outcome.exit_status
     access_log.info(
         "%s ssh %s %s user=%s: git exited %d",
         addr or "-",
