@@ -129,6 +129,12 @@ class ContractTests:
         ``remote=`` gives the environment for commands that name no URL
         (``fetch origin``, a lazy fetch in a partial clone).
         """
+        argv, env = self._resolve(args, remote)
+        env.update(kw.pop("env", None) or {})
+        return git(*self.git_c(), *argv, env=env, **kw)
+
+    def _resolve(self, args, remote: Remote | None) -> tuple[list[str], dict[str, str]]:
+        """``Remote`` arguments as URLs, and the environment they (and ``remote``) need."""
         env: dict[str, str] = {}
         argv = []
         for arg in args:
@@ -138,8 +144,7 @@ class ContractTests:
             argv.append(arg)
         if remote is not None:
             env.update(remote.env)
-        env.update(kw.pop("env", None) or {})
-        return git(*self.git_c(), *argv, env=env, **kw)
+        return argv, env
 
     # -- reads ---------------------------------------------------------------------
     def test_clone(self):
@@ -425,16 +430,13 @@ class ContractTests:
         """``client`` without waiting: a ``Popen``."""
         import subprocess
 
-        env = dict(os.environ)
-        argv = ["git", *self.git_c()]
-        for arg in args:
-            if isinstance(arg, Remote):
-                env.update(arg.env)
-                arg = arg.url
-            argv.append(arg)
-        if remote is not None:
-            env.update(remote.env)
-        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        argv, env = self._resolve(args, remote)
+        return subprocess.Popen(
+            ["git", *self.git_c(), *argv],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
 
 def git_wrapper(tmp: os.PathLike, service: str, body: str) -> str:
