@@ -40,19 +40,7 @@ _DEPRECATED = (
 #: Every hash format an access file may hold. The first is what
 #: ``gittornado-passwd`` writes; the deprecated ones verify but are flagged.
 PASSWORD_CONTEXT = CryptContext(
-    schemes=[
-        "bcrypt",
-        "argon2",
-        "sha512_crypt",
-        "sha256_crypt",
-        "apr_md5_crypt",
-        "md5_crypt",
-        "ldap_salted_sha512",
-        "ldap_salted_sha256",
-        "ldap_salted_sha1",
-        "ldap_sha1",
-        "hex_sha1",
-    ],
+    schemes=["bcrypt", "argon2", "sha512_crypt", "sha256_crypt", *_DEPRECATED],
     default="bcrypt",
     deprecated=list(_DEPRECATED),
     bcrypt__rounds=12,

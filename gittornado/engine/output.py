@@ -82,10 +82,6 @@ class Outcome:
     cut_short: bool = False
     cached: bool = False
 
-    @property
-    def ok(self) -> bool:
-        return self.abort_reason is None and not self.peer_gone and (self.cached or self.exit_status == 0)
-
 
 class OutputMixin:
     """``GitRun``'s output side: the answer loop, reads and the splice."""
